@@ -1,0 +1,195 @@
+"""The `tsmixit` command line. The only module that prints to the user and exits.
+
+    tsmixit corpus build --out DIR [--preset demo] [--seed 0] [--materialize] [--set key=value]
+    tsmixit corpus import KIND PATH --out MANIFEST
+    tsmixit recipe --config configs/demo.yaml [--run-dir runs/demo] [--set key=value] [--quick]
+    tsmixit evaluate --model M --data D [--json OUT]
+    tsmixit separate --model M INPUT... --out DIR
+    tsmixit report RUN_DIR
+    tsmixit export --model M --onnx OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tsmixit.errors import TsmixitError
+
+IMPORT_KINDS = ("wsj0-2mix", "librimix", "spatialized-wsj0-2mix", "folder")
+
+
+def _parse_value(text: str):
+    """Parse a `--set key=value` value as YAML so that numbers and booleans keep their type."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TsmixitError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def cmd_corpus_build(args: argparse.Namespace) -> int:
+    from tsmixit.corpus import build_corpus
+
+    manifest = build_corpus(
+        args.out,
+        preset=args.preset,
+        seed=args.seed,
+        materialize=args.materialize,
+        **_overrides(args.set),
+    )
+    print(f"corpus written: {manifest}")
+    return 0
+
+
+def cmd_corpus_import(args: argparse.Namespace) -> int:
+    from tsmixit.data import manifest as mf
+
+    options = _overrides(args.set)
+    importers = {
+        "wsj0-2mix": mf.import_wsj0_2mix,
+        "librimix": mf.import_librimix,
+        "spatialized-wsj0-2mix": mf.import_spatialized_wsj0_2mix,
+        "folder": mf.import_folder,
+    }
+    manifest = importers[args.kind](args.path, **options)
+    manifest.save(args.out)
+    print(f"{len(manifest)} mixtures -> {args.out}")
+    return 0
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from tsmixit.training.config import load_config
+    from tsmixit.training.recipe import run_recipe
+
+    config = load_config(args.config, args.set)
+    summary = run_recipe(
+        config, Path(args.run_dir), fresh=args.fresh, stages=args.stages, quick=args.quick
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tsmixit.evaluation.metrics import evaluate_path
+
+    result = evaluate_path(args.model, args.data, k=args.k, split=args.split, json_out=args.json)
+    print(json.dumps(result["mean"], indent=2))
+    return 0
+
+
+def cmd_separate(args: argparse.Namespace) -> int:
+    from tsmixit.model_files import load_model
+    from tsmixit.separate import separate_files
+
+    separator = load_model(args.model)
+    results = separate_files(
+        separator,
+        args.inputs,
+        args.out,
+        chunk_seconds=args.chunk_seconds,
+        overlap_seconds=args.overlap_seconds,
+    )
+    failures = [r for r in results if r.get("error")]
+    for failure in failures:
+        print(f"FAILED {failure['input']}: {failure['error']}", file=sys.stderr)
+    print(f"separated {len(results) - len(failures)} of {len(results)} files into {args.out}")
+    return 1 if failures else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tsmixit.evaluation.report import write_report
+
+    print(f"report written: {write_report(Path(args.run_dir))}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tsmixit.model_files import export_onnx, load_model
+
+    export_onnx(load_model(args.model), args.onnx)
+    print(f"ONNX model written: {args.onnx}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tsmixit", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    corpus = sub.add_parser("corpus", help="build the embedded corpus or import a real one")
+    corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
+    build = corpus_sub.add_parser("build", help="synthesise the offline default corpus")
+    build.add_argument("--out", required=True, type=Path)
+    build.add_argument("--preset", default="demo")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--materialize", action="store_true", help="also write WSJ0-2mix folders")
+    build.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    build.set_defaults(func=cmd_corpus_build)
+    imp = corpus_sub.add_parser("import", help="write a manifest for a corpus on disk")
+    imp.add_argument("kind", choices=IMPORT_KINDS)
+    imp.add_argument("path", type=Path)
+    imp.add_argument("--out", required=True, type=Path, help="manifest (.jsonl) to write")
+    imp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="importer options, e.g. sample_rate=8000 mode=min channels=[0,1]")
+    imp.set_defaults(func=cmd_corpus_import)
+
+    recipe = sub.add_parser("recipe", help="run the TS-MixIT recipe (all stages)")
+    recipe.add_argument("--config", required=True, type=Path)
+    recipe.add_argument("--run-dir", default="runs/demo")
+    recipe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    recipe.add_argument("--stages", nargs="+", default=None, help="run only these stages")
+    recipe.add_argument("--fresh", action="store_true", help="discard the run folder first")
+    recipe.add_argument("--quick", action="store_true", help="a ~3 minute version")
+    recipe.set_defaults(func=cmd_recipe)
+
+    evaluate = sub.add_parser("evaluate", help="SI-SNRi/SDRi of a model on a test set")
+    evaluate.add_argument("--model", required=True, type=Path)
+    evaluate.add_argument("--data", required=True, type=Path, help="manifest or WSJ0-2mix folder")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--k", type=int, default=2, help="number of reference sources")
+    evaluate.add_argument("--json", type=Path, default=None)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    separate = sub.add_parser("separate", help="separate audio files or folders")
+    separate.add_argument("--model", required=True, type=Path)
+    separate.add_argument("inputs", nargs="+", type=Path)
+    separate.add_argument("--out", required=True, type=Path)
+    separate.add_argument("--chunk-seconds", type=float, default=8.0)
+    separate.add_argument("--overlap-seconds", type=float, default=1.0)
+    separate.set_defaults(func=cmd_separate)
+
+    report = sub.add_parser("report", help="write the results report of a run folder")
+    report.add_argument("run_dir", type=Path)
+    report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="export a model to ONNX")
+    export.add_argument("--model", required=True, type=Path)
+    export.add_argument("--onnx", required=True, type=Path)
+    export.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TsmixitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
