@@ -159,6 +159,30 @@ def test_pit_hungarian_gradient_matches_exhaustive():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+def test_pit_with_custom_pairwise_loss():
+    """Any (B, E, S) pairwise loss works, e.g. plain negative SNR."""
+    est = torch.randn(3, 3, 100, dtype=torch.float64)
+    ref = torch.randn(3, 3, 100, dtype=torch.float64)
+
+    def neg_snr(e, r):
+        return -snr_tau(e.unsqueeze(2), r.unsqueeze(1), snr_max=None)  # (B, E, S)
+
+    loss, perm = pit(est, ref, pairwise=neg_snr)
+    expected = torch.stack(
+        [
+            torch.stack(
+                [
+                    -snr_tau(est[b, list(p)], ref[b], snr_max=None).mean()
+                    for p in itertools.permutations(range(3))
+                ]
+            ).min()
+            for b in range(3)
+        ]
+    )
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(-snr_tau(reorder(est, perm), ref, snr_max=None).mean(-1), loss)
+
+
 def test_pit_rejects_too_few_estimates():
     with pytest.raises(ValueError, match="at least as many estimates"):
         pit(torch.randn(1, 2, 10), torch.randn(1, 3, 10))

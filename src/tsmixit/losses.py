@@ -194,31 +194,38 @@ def mixit_assignments(n_mix: int, n_est: int) -> Tensor:
     return one_hot.transpose(1, 2).to(GRAM_DTYPE)  # (K, N, M)
 
 
+def _mixit_gram(est: Tensor, mixtures: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The inner products MixIT needs, from one Gram matrix of [x; s_hat] in ``GRAM_DTYPE``.
+
+    est: (B, M, T), mixtures: (B, N, T) -> <x_n, x_n> (B, N), <x_n, s_hat_m> (B, N, M),
+    <s_hat_m, s_hat_l> (B, M, M)
+    """
+    n_mix = mixtures.shape[1]
+    signals = torch.cat([mixtures, est], dim=1)  # (B, N + M, T)
+    gram = _gram(signals, signals)  # (B, N + M, N + M)
+    xx = gram[:, :n_mix, :n_mix].diagonal(dim1=1, dim2=2)  # (B, N)
+    return xx, gram[:, :n_mix, n_mix:], gram[:, n_mix:, n_mix:]
+
+
 def _remix_neg_snr(
-    est: Tensor, mixtures: Tensor, A: Tensor, snr_max: float | None, eps: float
+    xx: Tensor, xs: Tensor, ss: Tensor, A: Tensor, snr_max: float | None, eps: float
 ) -> Tensor:
-    """-mean_n SNR_tau(x_n, (A s_hat)_n) for a stack of mixing matrices, from Gram matrices:
+    """-mean_n SNR_tau(x_n, (A s_hat)_n) for a stack of mixing matrices, from inner products:
 
         |x_n - sum_m a_nm s_hat_m|^2
             = <x_n, x_n> - 2 sum_m a_nm <x_n, s_hat_m> + sum_{m,l} a_nm a_nl <s_hat_m, s_hat_l>,
 
     so each remix costs O(N M^2) once the O((N + M)^2 T) Gram matrix is known.
 
-    est: (B, M, T), mixtures: (B, N, T), A: (K, N, M) or (B, K, N, M) -> (B, K)
+    xx: (B, N), xs: (B, N, M), ss: (B, M, M), A: (K, N, M) or (B, K, N, M) -> (B, K)
     """
-    n_mix = mixtures.shape[1]
-    signals = torch.cat([mixtures, est], dim=1)  # (B, N + M, T)
-    gram = _gram(signals, signals)  # (B, N + M, N + M)
-    xx = gram[:, :n_mix, :n_mix].diagonal(dim1=1, dim2=2)  # (B, N)
-    xs = gram[:, :n_mix, n_mix:]  # (B, N, M)
-    ss = gram[:, n_mix:, n_mix:]  # (B, M, M)
-    A = A.to(device=gram.device, dtype=gram.dtype)
+    A = A.to(device=xs.device, dtype=xs.dtype)
     cross = (A * xs.unsqueeze(1)).sum(dim=-1)  # (B, K, N)
     quad = (torch.matmul(A, ss.unsqueeze(1)) * A).sum(dim=-1)  # (B, K, N)
     err = (xx.unsqueeze(1) - 2.0 * cross + quad).clamp_min(0.0)  # (B, K, N)
     ref_energy = xx.unsqueeze(1)  # (B, 1, N)
     snr = 10.0 * torch.log10((ref_energy + eps) / (err + _tau(snr_max) * ref_energy + eps))
-    return -snr.mean(dim=-1).to(est.dtype)  # (B, K)
+    return -snr.mean(dim=-1)  # (B, K)
 
 
 def mixit(
@@ -234,8 +241,9 @@ def mixit(
     est: (B, M, T), mixtures: (B, N, T) -> loss (B,), A (B, N, M) 0/1 in est's dtype.
     """
     A_all = mixit_assignments(mixtures.shape[1], est.shape[1])  # (K, N, M)
-    loss, best = _remix_neg_snr(est, mixtures, A_all, snr_max, eps).min(dim=-1)  # (B,)
-    return loss, A_all.to(device=est.device, dtype=est.dtype)[best]
+    neg_snr = _remix_neg_snr(*_mixit_gram(est, mixtures), A_all, snr_max, eps)  # (B, K)
+    loss, best = neg_snr.min(dim=-1)  # (B,)
+    return loss.to(est.dtype), A_all.to(device=est.device, dtype=est.dtype)[best]
 
 
 def mixit_least_squares(
@@ -244,19 +252,19 @@ def mixit_least_squares(
     """Least-squares MixIT (Wisdom et al., WASPAA 2021): solve the unconstrained mixing
     matrix A_ls = argmin_A |x - A s_hat|^2 = <x, s_hat> <s_hat, s_hat>^{-1}, project it to
     the nearest valid assignment (each estimate to the mixture with the largest coefficient
-    in its column), and return the MixIT loss for that A. Linear in the number of
-    assignments checked (one), cubic only in the small M; use it when N^M is too large.
+    in its column), and return the MixIT loss for that A. One M x M solve replaces the N^M
+    candidates, so it suits large M; it is exact when the optimum is clear (see the tests),
+    never better than ``mixit``.
 
     est: (B, M, T), mixtures: (B, N, T) -> loss (B,), A (B, N, M) 0/1 in est's dtype.
     """
     n_mix, n_est = mixtures.shape[1], est.shape[1]
+    xx, xs, ss = _mixit_gram(est, mixtures)
     with torch.no_grad():
-        ss = _gram(est, est)  # (B, M, M)
-        xs = _gram(mixtures, est)  # (B, N, M)
         # Ridge term scaled to the estimates' energy: silent outputs leave ss singular.
         ridge = 1e-6 * ss.diagonal(dim1=1, dim2=2).mean(dim=-1) + eps  # (B,)
         eye = torch.eye(n_est, dtype=ss.dtype, device=ss.device)
         A_ls = torch.linalg.solve(ss + ridge[:, None, None] * eye, xs.transpose(1, 2))  # (B, M, N)
         A = torch.nn.functional.one_hot(A_ls.argmax(dim=-1), n_mix).transpose(1, 2)  # (B, N, M)
-    loss = _remix_neg_snr(est, mixtures, A.unsqueeze(1), snr_max, eps).squeeze(1)  # (B,)
-    return loss, A.to(est.dtype)
+    loss = _remix_neg_snr(xx, xs, ss, A.unsqueeze(1), snr_max, eps).squeeze(1)  # (B,)
+    return loss.to(est.dtype), A.to(est.dtype)
