@@ -14,8 +14,8 @@ candidate pairing on the time axis. Here the candidates are scored from inner pr
 ``benchmarks/bench_losses.py``.
 
 Precision: such inner-product shortcuts compute an error energy as a difference of large
-numbers. In float32 that loses accuracy above about 35 dB of SNR, so the Gram matrices are
-accumulated in float64 (``GRAM_DTYPE``); the time-axis product dominates the cost either way.
+numbers. In float32 that loses accuracy as the SNR grows, so the Gram matrices are
+accumulated in float64 (``GRAM_DTYPE``), at about twice the cost of float32 on CPU.
 """
 
 import itertools
@@ -30,8 +30,9 @@ from torch import Tensor
 
 GRAM_DTYPE = torch.float64
 """dtype of the inner products behind ``pairwise_neg_si_snr``, ``mixit`` and
-``mixit_least_squares`` (measured: float32 gives errors of 0.02 dB at 40 dB and several dB
-at 60 dB; float64 stays below 1e-6 dB)."""
+``mixit_least_squares``. Measured on 4 s at 8 kHz against a float64 time-axis computation:
+a float32 Gram gives SI-SNR errors of 0.007 dB at 30 dB, 0.05 dB at 40 dB and 4 dB at
+60 dB (0.008 dB for the 30 dB-capped MixIT loss); float64 stays within 3e-6 dB."""
 
 PitMethod = Literal["auto", "exhaustive", "hungarian"]
 
