@@ -189,6 +189,7 @@ def mixit_assignments(n_mix: int, n_est: int) -> Tensor:
     """All N^M mixing matrices A (0/1, each column one-hot): (N^M, N, M), float64 on CPU.
 
     Row k assigns estimate m to mixture ``k``'s m-th base-N digit (most significant first).
+    The tensor is cached and shared between callers: do not modify it in place.
     """
     choice = torch.tensor(list(itertools.product(range(n_mix), repeat=n_est)))  # (K, M)
     one_hot = torch.nn.functional.one_hot(choice, n_mix)  # (K, M, N)
