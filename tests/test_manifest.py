@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tsmixit.audio import ResampleWarning
 from tsmixit.data.manifest import (
     Manifest,
     import_folder,
@@ -176,6 +177,21 @@ def test_rendered_row_without_rir_is_the_same_on_every_microphone(tmp_path):
     np.testing.assert_allclose(manifest.load_sources(0, allow_unlabelled=True)[0], expected)
 
 
+def test_rendered_row_with_pseudo_target_files_reads_those_files(tmp_path):
+    a = _sig(30, seed=5)
+    _write(tmp_path / "a.flac", a)
+    targets = [_write(tmp_path / f"pseudo{k}.wav", _sig(30, seed=k)) for k in (7, 8)]
+    row = {"id": "r", "split": "train", "labelled": False, "sample_rate": 8000, "channels": 1,
+           "num_frames": 30, "n_speakers": 2, "rooms": None,
+           "sources": [str(t) for t in targets],
+           "parts": [{"audio": "a.flac", "offset": 0, "gain": 1.0, "role": "source",
+                      "rir": None}]}
+    manifest = Manifest([row], root=tmp_path)
+    np.testing.assert_array_equal(manifest.load_mixture(0), a)
+    np.testing.assert_array_equal(manifest.load_sources(0, allow_unlabelled=True, start=3),
+                                  np.concatenate([_sig(30, seed=7), _sig(30, seed=8)])[:, 3:])
+
+
 def test_select_by_split_and_label():
     rows = [{**_good_row(), "id": str(k), "split": s} for k, s in enumerate("ttv")]
     rows[0] |= {"labelled": True, "sources": ["s.wav"]}
@@ -315,8 +331,9 @@ def test_folder_import_segments_resamples_and_splits(tmp_path):
     rec = tmp_path / "rec"
     mono = _write(rec / "a.wav", _sig(8000 * 3 + 1000, seed=1))  # 3.125 s at 8 kHz
     _write(rec / "sub" / "b.flac", _sig(16000 * 2, 2, seed=2), sr=16000)  # stereo 16 kHz
-    manifest = import_folder(rec, audio_dir=tmp_path / "audio", segment_seconds=1.0,
-                             valid_fraction=0.25, seed=0)
+    with pytest.warns(ResampleWarning, match=r"1 recording\(s\).*b\.flac"):
+        manifest = import_folder(rec, audio_dir=tmp_path / "audio", segment_seconds=1.0,
+                                 valid_fraction=0.25, seed=0)
     ids = [r["id"] for r in manifest]
     assert ids == ["a/00000", "a/00001", "a/00002", "sub/b/00000", "sub/b/00001"]
     a_rows = manifest.rows[:3]
@@ -330,8 +347,9 @@ def test_folder_import_segments_resamples_and_splits(tmp_path):
     assert sum(r["split"] == "valid" for r in manifest) == 1
     assert all(not r["labelled"] and r["sources"] is None for r in manifest)
     # the tail of a (1000 frames) is shorter than half a segment: dropped
-    with_tail = import_folder(rec, audio_dir=tmp_path / "audio", segment_seconds=1.0,
-                              min_segment_seconds=0.1)
+    with pytest.warns(ResampleWarning):
+        with_tail = import_folder(rec, audio_dir=tmp_path / "audio", segment_seconds=1.0,
+                                  min_segment_seconds=0.1)
     assert with_tail.rows[3]["num_frames"] == 1000
 
 

@@ -29,10 +29,10 @@ Any other keys (speaker ids, levels, ...) are kept and saved unchanged.
 
 import csv
 import json
-import logging
 import math
 import os
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -44,6 +44,7 @@ from scipy.signal import fftconvolve
 from tsmixit.audio import (
     SILENCE_DB,
     AudioInfo,
+    ResampleWarning,
     audio_info,
     read_audio,
     resample,
@@ -51,8 +52,6 @@ from tsmixit.audio import (
 )
 from tsmixit.errors import AudioError, ManifestError
 from tsmixit.files import write_text_atomic
-
-log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 ROLES = ("source", "noise")
@@ -77,14 +76,13 @@ class Manifest:
         root: str | os.PathLike | None = None,
         *,
         name: str = "<in-memory manifest>",
-        cache: "_AudioCache | None" = None,
     ) -> None:
         """rows: row dicts; relative paths in them are taken relative to `root` (default:
         the current folder). name: shown in error messages (the manifest's path)."""
         base = Path(root).resolve() if root is not None else Path.cwd()
         checked = [_check_row(row, base, f"{name}, row {n}") for n, row in enumerate(rows, 1)]
         self.name, self.rows = name, _unique(checked, name)
-        self._cache = cache if cache is not None else _AudioCache()
+        self._cache = _AudioCache()
 
     @classmethod
     def _of_checked(cls, rows: list[dict[str, Any]], name: str, cache: "_AudioCache | None"):
@@ -788,9 +786,10 @@ def import_folder(
 
     Files already at `sample_rate` whose channels need no mixing are referenced where they
     are; any other file is converted once (resampled with soxr, channels selected or mixed
-    down) and written as float WAV below `audio_dir` (required then). Rows are segments of
-    `segment_seconds` given by start/num_frames into the file; a shorter tail is kept when
-    at least `min_segment_seconds` (default: half a segment) long. Silent segments are
+    down), written as float WAV below `audio_dir` (required then), and a `ResampleWarning`
+    says how many were. Rows are segments of `segment_seconds` given by start/num_frames
+    into the file; a shorter tail is kept when at least `min_segment_seconds` (default: half
+    a segment) long. Silent segments are
     dropped; a silent, empty, NaN or corrupt file is an AudioError. channels: "mix" averages
     the channels, a list keeps those microphones, None keeps all (counts must agree).
     round(valid_fraction * n) segments, drawn with `seed` (at least one when valid_fraction > 0
@@ -810,6 +809,7 @@ def import_folder(
         raise ManifestError("segment_seconds and min_segment_seconds must be positive.")
     rows: list[dict[str, Any]] = []
     n_channels: int | None = None
+    converted: list[Path] = []
     threshold = 10.0 ** (SILENCE_DB / 20.0)
     for file in files:
         info = audio_info(file)
@@ -829,8 +829,7 @@ def import_folder(
             stored = Path(audio_dir).resolve() / rel.with_suffix(".wav")
             write_audio(stored, wav, sample_rate, subtype="FLOAT")
             channel_map = None
-            log.info("%s: converted to %d Hz, %d channel(s) -> %s", file, sample_rate,
-                     wav.shape[0], stored)
+            converted.append(file)
         T = wav.shape[1]
         starts = list(range(0, T - seg + 1, seg))
         tail = starts[-1] + seg if starts else 0
@@ -855,6 +854,13 @@ def import_folder(
             if channel_map is not None:
                 row["channel_map"] = list(channel_map)
             rows.append(row)
+    if converted:
+        warnings.warn(
+            f"{len(converted)} recording(s) of {folder} (first {converted[0]}) converted to "
+            f"{sample_rate} Hz / {n_channels} channel(s) and written below {audio_dir}",
+            ResampleWarning,
+            stacklevel=2,
+        )
     if not rows:
         raise ManifestError(f"{folder}: no segment of at least {min_len} frames with sound.")
     n_valid = round(valid_fraction * len(rows))
