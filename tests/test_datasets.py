@@ -159,3 +159,16 @@ def test_pad_collate_pads_and_reports_lengths(tmp_path):
     assert batch["lengths"].tolist() == [300, 400]
     assert torch.all(batch["mixture"][0, :, 300:] == 0)
     torch.testing.assert_close(batch["sources"][0, :, :300], data[0]["sources"])
+
+
+def test_dataloader_workers_reproduce_direct_indexing_for_each_epoch(tmp_path):
+    manifest = _file_corpus(tmp_path)
+    data = MixtureOfMixturesDataset(manifest, 150, seed=5, epoch_length=6)
+    loader = torch.utils.data.DataLoader(data, batch_size=3, num_workers=2)
+    for epoch in (0, 1):
+        data.set_epoch(epoch)
+        loaded = torch.cat([batch["mixture"] for batch in loader])
+        direct = torch.stack([data[i]["mixture"] for i in range(6)])
+        assert torch.equal(loaded, direct)
+    data.set_epoch(0)
+    assert not torch.equal(direct, torch.stack([data[i]["mixture"] for i in range(6)]))

@@ -368,3 +368,10 @@ def test_folder_import_bad_inputs(tmp_path):
     (rec / "broken.wav").write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match="broken.wav: cannot decode"):
         import_folder(rec)
+
+
+def test_file_with_unexpected_channel_count_is_refused_on_load(tmp_path):
+    _write(tmp_path / "m.wav", _sig(10, channels=2))
+    manifest = Manifest([_good_row()], root=tmp_path)
+    with pytest.raises(AudioError, match=r"m\.wav: has 2 channel\(s\), expected 1"):
+        manifest.load_mixture(0)
