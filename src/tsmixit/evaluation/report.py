@@ -1,0 +1,458 @@
+"""The results report of a run folder: the paper-style table (Markdown and JSON), a plain
+statement of which of the paper's claims hold as measured, and PNG plots.
+
+Inputs (see tsmixit.training.recipe): RUN/<stage>/summary.json, RUN/<stage>/metrics.csv,
+RUN/eval/<system>.json and RUN/eval/examples/<system>.npz (from
+tsmixit.evaluation.metrics.evaluate_into_run). Systems without an evaluation are left out.
+Outputs: RUN/report.md, RUN/report.json, RUN/plots/*.png.
+"""
+
+import csv
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.signal import spectrogram
+
+from tsmixit.files import atomic_path, write_json_atomic, write_text_atomic
+
+#: A claim "close to" another system holds within this many dB of SI-SNRi.
+CLOSE_DB = 1.0
+#: Over-separation holds when the oracle grouping gains at least this much over top-k ...
+OVERSEPARATION_GAP_DB = 0.5
+#: ... and at least this share of the test mixtures has more than k active outputs.
+OVERSEPARATION_SHARE = 0.25
+
+
+def system_label(system: str, k: int) -> str | None:
+    """Table label of an evaluated system (None for a name the report does not know)."""
+    fixed = {
+        "supervised_full": "Supervised PIT, 100 % labels",
+        "supervised_fraction": "Supervised PIT, labelled fraction only",
+        "teacher": f"MixIT teacher (top-{k})",
+        "student": "TS-MixIT student",
+        "finetune": "+ fine-tune",
+    }
+    if system in fixed:
+        return fixed[system]
+    match = re.fullmatch(r"distill(\d+)_(student|finetune)", system)
+    if match:
+        round_, kind = match.groups()
+        return f"+ distillation round {round_}" + (", fine-tuned" if kind == "finetune" else "")
+    return None
+
+
+def _system_order(system: str) -> tuple[int, int, int]:
+    base = ["supervised_full", "supervised_fraction", "teacher", "student", "finetune"]
+    if system in base:
+        return (base.index(system), 0, 0)
+    match = re.fullmatch(r"distill(\d+)_(student|finetune)", system)
+    if match:
+        return (len(base), int(match.group(1)), 0 if match.group(2) == "student" else 1)
+    return (len(base) + 1, 0, 0)
+
+
+def _chain_order(stage: str) -> tuple[int, int] | None:
+    """Position of a stage in the TS-MixIT chain (teacher, label, student, finetune,
+    distill<r>_label/_student/_finetune), or None for stages outside it (supervised)."""
+    base = ["teacher", "label", "student", "finetune"]
+    if stage in base:
+        return (0, base.index(stage))
+    match = re.fullmatch(r"distill(\d+)_(label|student|finetune)", stage)
+    if match:
+        return (int(match.group(1)), ["label", "student", "finetune"].index(match.group(2)))
+    return None
+
+
+def _stage_seconds(summary: dict[str, Any]) -> float:
+    return float(summary.get("train_seconds") or summary.get("label_seconds") or 0.0)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """Summaries per stage and evaluations per system of one run folder."""
+    summaries = {}
+    for path in sorted(run_dir.glob("*/summary.json")):
+        summary = _read_json(path)
+        if summary is not None:
+            summaries[summary.get("stage", path.parent.name)] = summary
+    evals = {}
+    for path in sorted((run_dir / "eval").glob("*.json")):
+        result = _read_json(path)
+        if result is not None and "mean" in result:
+            evals[result.get("system", path.stem)] = result
+    return {"run_dir": run_dir, "summaries": summaries, "evals": evals}
+
+
+def table_rows(run: dict[str, Any], run_name: str | None = None) -> list[dict[str, Any]]:
+    """One row per evaluated system (the teacher twice: top-k and oracle grouping)."""
+    summaries, rows = run["summaries"], []
+    chain = sorted((s for s in summaries if _chain_order(s) is not None), key=_chain_order)
+    for system in sorted(run["evals"], key=_system_order):
+        result = run["evals"][system]
+        k = int(result.get("k", 2))
+        label = system_label(system, k)
+        if label is None:
+            continue
+        stage = result.get("stage", system)
+        summary = summaries.get(stage, {})
+        stage_s = result.get("train_seconds") or _stage_seconds(summary) or None
+        position = _chain_order(stage)
+        total = stage_s
+        if position is not None:
+            upstream = [s for s in chain if _chain_order(s) <= position]
+            total = sum(_stage_seconds(summaries[s]) for s in upstream) or stage_s
+        mean = result["mean"]
+        common = {
+            "system": system, "stage": stage, "run": run_name, "k": k,
+            "n_channels": result.get("n_channels", 1), "n_outputs": result.get("n_outputs"),
+            "n_mixtures": result.get("n_mixtures"),
+            "labelled_mixtures": result.get("labelled_mixtures", summary.get("labelled_mixtures")),
+            "active_outputs": mean.get("active_outputs"),
+            "over_separated": mean.get("over_separated"),
+            "stage_seconds": stage_s, "total_seconds": total,
+        }
+        variants = [("topk", label)]
+        if system == "teacher":
+            variants.append(("oracle", f"MixIT teacher (oracle grouping into {k})"))
+        for variant, text in variants:
+            rows.append({
+                **common, "label": text if run_name is None else f"{text} [{run_name}]",
+                "scoring": variant, "si_snri": mean.get(f"si_snri_{variant}"),
+                "sdri": mean.get(f"sdri_{variant}"),
+            })
+    return rows
+
+
+def _row(rows: list[dict[str, Any]], system: str, scoring: str = "topk",
+         run: str | None = None) -> dict[str, Any] | None:
+    return next((r for r in rows if r["system"] == system and r["scoring"] == scoring
+                 and r["run"] == run), None)
+
+
+def _claim(text: str, holds: bool | None, detail: str) -> dict[str, Any]:
+    status = {True: "holds", False: "does not hold", None: "not measured"}[holds]
+    return {"claim": text, "status": status, "detail": detail}
+
+
+def check_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paper's claims, each with "holds" / "does not hold" / "not measured" and the
+    numbers behind the verdict (SI-SNRi in dB, top-k scoring unless said otherwise)."""
+    claims = []
+    teacher, teacher_oracle = _row(rows, "teacher"), _row(rows, "teacher", "oracle")
+    student = _row(rows, "student")
+    k = rows[0]["k"] if rows else 2
+    text = f"The TS-MixIT student beats its MixIT teacher scored on its top-{k} outputs"
+    if teacher and student:
+        claims.append(_claim(text, student["si_snri"] > teacher["si_snri"],
+                             f"student {student['si_snri']:.2f} dB vs teacher "
+                             f"{teacher['si_snri']:.2f} dB"))
+    else:
+        claims.append(_claim(text, None, "needs evaluated teacher and student"))
+
+    text = (f"The MixIT teacher over-separates: the oracle grouping beats top-{k} by at least "
+            f"{OVERSEPARATION_GAP_DB} dB and at least {OVERSEPARATION_SHARE:.0%} of the test "
+            f"mixtures have more than {k} active outputs")
+    if teacher and teacher_oracle:
+        gap = teacher_oracle["si_snri"] - teacher["si_snri"]
+        share = teacher["over_separated"] or 0.0
+        claims.append(_claim(
+            text, gap >= OVERSEPARATION_GAP_DB and share >= OVERSEPARATION_SHARE,
+            f"oracle - top-{k} = {gap:.2f} dB; {share:.0%} of mixtures with more than {k} "
+            f"active outputs (mean {teacher['active_outputs']:.2f} of {teacher['n_outputs']})"))
+    else:
+        claims.append(_claim(text, None, "needs an evaluated teacher"))
+
+    semi = [r for r in rows if r["scoring"] == "topk" and r["run"] is None
+            and (r["system"] == "finetune" or re.fullmatch(r"distill\d+_finetune", r["system"]))]
+    best_semi = max(semi, key=lambda r: r["si_snri"]) if semi else None
+    full, fraction = _row(rows, "supervised_full"), _row(rows, "supervised_fraction")
+    text = (f"The semi-supervised (fine-tuned) student is within {CLOSE_DB} dB of, or better "
+            "than, supervised training on 100 % of the labels")
+    if best_semi and full:
+        diff = best_semi["si_snri"] - full["si_snri"]
+        claims.append(_claim(text, diff >= -CLOSE_DB,
+                             f"{best_semi['label']} {best_semi['si_snri']:.2f} dB vs supervised "
+                             f"100 % {full['si_snri']:.2f} dB ({diff:+.2f} dB)"))
+    else:
+        claims.append(_claim(text, None, "needs evaluated fine-tuned student and supervised 100 %"))
+    text = "The semi-supervised student beats supervised training on the same labelled fraction"
+    if best_semi and fraction:
+        claims.append(_claim(text, best_semi["si_snri"] > fraction["si_snri"],
+                             f"{best_semi['si_snri']:.2f} dB vs {fraction['si_snri']:.2f} dB"))
+    else:
+        claims.append(_claim(text, None, "needs evaluated fine-tuned student and supervised "
+                                         "fraction"))
+    finetune = _row(rows, "finetune")
+    distilled = [r for r in semi if r["system"] != "finetune"]
+    text = "Distillation improves on the fine-tuned student"
+    if finetune and distilled:
+        last = distilled[-1]
+        claims.append(_claim(text, last["si_snri"] > finetune["si_snri"],
+                             f"{last['label']} {last['si_snri']:.2f} dB vs fine-tuned "
+                             f"{finetune['si_snri']:.2f} dB"))
+    else:
+        claims.append(_claim(text, None, "needs a distillation round with fine-tuning"))
+
+    text = "A multi-channel system beats the same single-channel system"
+    pairs = []
+    for multi in (r for r in rows if r["n_channels"] > 1 and r["scoring"] == "topk"):
+        for single in (r for r in rows if r["n_channels"] == 1 and r["scoring"] == "topk"):
+            if single["system"] == multi["system"]:
+                pairs.append((multi, single))
+    if pairs:
+        claims.append(_claim(
+            text, all(m["si_snri"] > s["si_snri"] for m, s in pairs),
+            "; ".join(f"{m['system']}: {m['n_channels']} mics {m['si_snri']:.2f} dB vs 1 mic "
+                      f"{s['si_snri']:.2f} dB" for m, s in pairs)))
+    else:
+        claims.append(_claim(text, None, "needs single- and multi-channel runs of one system "
+                                         "(tsmixit report RUN --compare OTHER_RUN)"))
+    return claims
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _num(value: float | None, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure on the Agg canvas, without pyplot's global state."""
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, out: Path, dpi: int = 90) -> Path:
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, dpi=dpi)
+    return out
+
+
+def _read_metrics(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Lightning CSVLogger metrics: {column: (steps, values)} of the logged (non-empty) rows."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    with open(path, newline="") as handle:
+        for record in csv.DictReader(handle):
+            step = record.get("step")
+            if not step:
+                continue
+            for key, value in record.items():
+                if key in ("step", "epoch") or not value:
+                    continue
+                try:
+                    series.setdefault(key, []).append((float(step), float(value)))
+                except ValueError:
+                    continue
+    return {key: tuple(np.array(column) for column in zip(*points, strict=True))
+            for key, points in series.items()}
+
+
+def plot_curves(run: dict[str, Any], out: Path) -> Path | None:
+    """Training and validation loss, and validation SI-SNRi, against steps, per stage."""
+    names = sorted(run["summaries"], key=lambda n: (_chain_order(n) is None,
+                                                     _chain_order(n) or _system_order(n)))
+    stages = [(name, run["run_dir"] / name / "metrics.csv") for name in names]
+    stages = [(n, _read_metrics(p)) for n, p in stages if p.is_file()]
+    stages = [(n, m) for n, m in stages if m]
+    if not stages:
+        return None
+    figure = _figure(10, 2.6 * len(stages))
+    axes = figure.subplots(len(stages), 2, squeeze=False)
+    for (name, metrics), (loss_ax, snr_ax) in zip(stages, axes, strict=True):
+        for key in ("train_loss", "val_loss"):
+            if key in metrics:
+                loss_ax.plot(*metrics[key], label=key, marker="." if key == "val_loss" else None)
+        for key in ("val_si_snri", "val_si_snri_oracle"):
+            if key in metrics:
+                snr_ax.plot(*metrics[key], marker=".", label=key)
+        loss_ax.set_title(f"{name}: loss")
+        snr_ax.set_title(f"{name}: validation SI-SNRi (dB)")
+        for ax in (loss_ax, snr_ax):
+            ax.set_xlabel("step")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize="small")
+    return _save(figure, out)
+
+
+def plot_active_outputs(run: dict[str, Any], out: Path) -> Path | None:
+    """Histogram of the number of active outputs per test mixture, one bar group per system."""
+    systems = [(s, r) for s, r in sorted(run["evals"].items(), key=lambda x: _system_order(x[0]))
+               if r.get("per_mixture")]
+    if not systems:
+        return None
+    top = max(int(r.get("n_outputs") or 1) for _, r in systems)
+    counts = np.arange(0, top + 1)
+    width = 0.8 / len(systems)
+    figure = _figure(7, 3.5)
+    ax = figure.subplots()
+    for n, (system, result) in enumerate(systems):
+        active = [row["active_outputs"] for row in result["per_mixture"]]
+        share = [np.mean([a == c for a in active]) for c in counts]
+        ax.bar(counts + (n - (len(systems) - 1) / 2) * width, share, width, label=system)
+    threshold = systems[0][1].get("active_threshold_db", -20.0)
+    ax.set_xlabel(f"active outputs (energy share > {threshold:g} dB)")
+    ax.set_ylabel("share of test mixtures")
+    ax.set_xticks(counts)
+    ax.legend(fontsize="small")
+    return _save(figure, out)
+
+
+def plot_si_snri_boxes(rows: list[dict[str, Any]], run: dict[str, Any], out: Path) -> Path | None:
+    """SI-SNRi per test mixture, one box per table row."""
+    data, labels = [], []
+    for row in rows:
+        result = run["evals"].get(row["system"])
+        if row["run"] is not None or not result or not result.get("per_mixture"):
+            continue
+        data.append([m[f"si_snri_{row['scoring']}"] for m in result["per_mixture"]])
+        labels.append(row["label"])
+    if not data:
+        return None
+    figure = _figure(8, 0.5 * len(data) + 1.5)
+    ax = figure.subplots()
+    ax.boxplot(data[::-1], vert=False)
+    ax.set_yticks(range(1, len(labels) + 1), labels[::-1])
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("SI-SNRi per test mixture (dB)")
+    return _save(figure, out)
+
+
+def _log_spectrogram(x: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    freqs, times, power = spectrogram(x, fs=sr, nperseg=int(0.032 * sr), noverlap=int(0.024 * sr))
+    return freqs, times, 10.0 * np.log10(power + 1e-12)
+
+
+def plot_spectrograms(run: dict[str, Any], out: Path) -> Path | None:
+    """One test mixture: its spectrogram, its references', and each system's outputs (the
+    top-k in reference order, then the other outputs)."""
+    examples = []
+    for system, result in sorted(run["evals"].items(), key=lambda x: _system_order(x[0])):
+        path = result.get("example", {}).get("path")
+        if path is None:
+            continue
+        path = Path(path) if Path(path).is_absolute() else run["run_dir"] / "eval" / path
+        if path.is_file():
+            examples.append((system, np.load(path)))
+    if not examples:
+        return None
+    ids = {str(e["id"]) for _, e in examples}
+    first = examples[0][1]
+    sr = int(first["sample_rate"])
+    panels = [("mixture " + str(first["id"]), [first["mixture"]])]
+    panels.append(("references", list(first["references"])))
+    for system, ex in examples:
+        top = [int(i) for i in ex["topk_outputs"]]
+        rest = [i for i in range(len(ex["outputs"])) if i not in top]
+        panels.append((f"{system} (top-{len(top)}, then others)",
+                       [ex["outputs"][i] for i in top + rest]))
+    n_cols = max(len(signals) for _, signals in panels)
+    figure = _figure(3.0 * n_cols, 2.0 * len(panels))
+    axes = figure.subplots(len(panels), n_cols, squeeze=False)
+    peak = max(_log_spectrogram(first["mixture"], sr)[2].max(), -100.0)
+    for (title, signals), row_axes in zip(panels, axes, strict=True):
+        for col, ax in enumerate(row_axes):
+            if col >= len(signals):
+                ax.set_axis_off()
+                continue
+            freqs, times, level = _log_spectrogram(signals[col], sr)
+            ax.pcolormesh(times, freqs / 1000, level, vmin=peak - 80, vmax=peak,
+                          shading="auto", cmap="magma")
+            ax.set_title(title if col == 0 else f"{col + 1}", fontsize="small", loc="left")
+            ax.set_ylabel("kHz" if col == 0 else None)
+    if len(ids) > 1:
+        figure.suptitle(f"note: systems were evaluated on different example mixtures {ids}")
+    return _save(figure, out, dpi=80)
+
+
+def _markdown(rows: list[dict[str, Any]], claims: list[dict[str, Any]], plots: list[Path],
+              run_dir: Path, k: int) -> str:
+    lines = [f"# TS-MixIT results: `{run_dir}`", ""]
+    if rows:
+        first = rows[0]
+        lines += [
+            f"Test set: {first['n_mixtures']} mixtures, k = {k} references. SI-SNRi and SDRi "
+            "in dB over the mixture (SDR: BSS-eval with 512-tap filters). Top-k: the k most "
+            "energetic outputs; oracle: the best grouping of all outputs into k. Active "
+            "outputs: mean count of outputs above the energy-share threshold; over-separated: "
+            f"share of mixtures with more than {k} active. Time: this stage's training "
+            "(and the whole pipeline up to it).",
+            "",
+            "| System | mics | SI-SNRi | SDRi | active outputs | over-separated | labelled "
+            "mixtures | training time |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in rows:
+            over = "-" if r["over_separated"] is None else f"{r['over_separated']:.0%}"
+            time_text = _duration(r["stage_seconds"])
+            if r["total_seconds"] not in (None, r["stage_seconds"]):
+                time_text += f" ({_duration(r['total_seconds'])} total)"
+            active = (f"{r['active_outputs']:.2f} / {r['n_outputs']}"
+                      if r["active_outputs"] is not None else "-")
+            lines.append(
+                f"| {r['label']} | {r['n_channels']} | {_num(r['si_snri'])} | {_num(r['sdri'])} "
+                f"| {active} | {over} | {_num(r['labelled_mixtures'], 'd')} | {time_text} |"
+            )
+    else:
+        lines.append("No evaluated systems yet (RUN/eval/*.json is empty).")
+    lines += ["", "## The paper's claims, as measured here", ""]
+    for c in claims:
+        lines.append(f"- **{c['status']}**: {c['claim']}. ({c['detail']})")
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{p.stem}]({p.relative_to(run_dir).as_posix()})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    run_dir: str | os.PathLike, compare: list[str | os.PathLike] | None = None
+) -> Path:
+    """Write RUN/report.md, RUN/report.json and RUN/plots/*.png; returns the report.md path.
+
+    compare: other run folders (e.g. a multi-channel run) whose systems are added to the
+    table, labelled with the folder name, for the multi- vs single-channel claim.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    rows = table_rows(run)
+    for other in compare or []:
+        rows += table_rows(load_run(Path(other)), run_name=Path(other).name)
+    claims = check_claims(rows)
+    k = rows[0]["k"] if rows else 2
+    plot_dir = run_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plots = [
+        plot_curves(run, plot_dir / "curves.png"),
+        plot_active_outputs(run, plot_dir / "active_outputs.png"),
+        plot_spectrograms(run, plot_dir / "spectrograms.png"),
+        plot_si_snri_boxes(rows, run, plot_dir / "si_snri_per_mixture.png"),
+    ]
+    plots = [p for p in plots if p is not None]
+    write_json_atomic(run_dir / "report.json", {
+        "run_dir": str(run_dir), "k": k, "rows": rows, "claims": claims,
+        "plots": [p.relative_to(run_dir).as_posix() for p in plots],
+    })
+    report = run_dir / "report.md"
+    write_text_atomic(report, _markdown(rows, claims, plots, run_dir, k))
+    return report

@@ -1,0 +1,99 @@
+"""The report from a hand-made run folder: table values, claim verdicts and plots."""
+
+import json
+
+import numpy as np
+
+from tsmixit.evaluation.report import write_report
+
+SR = 8000
+# system: (SI-SNRi top-k, SDRi top-k, active outputs per mixture, train seconds, oracle SI-SNRi)
+SYSTEMS = {
+    "supervised_full": (9.50, 10.10, [2, 2, 2, 2], 600.0, None),
+    "supervised_fraction": (5.25, 6.00, [2, 2, 2, 2], 90.0, None),
+    "teacher": (4.00, 4.80, [3, 4, 2, 3], 1200.0, 7.75),
+    "student": (6.50, 7.20, [2, 2, 2, 2], 300.0, None),
+    "finetune": (8.75, 9.30, [2, 2, 2, 2], 60.0, None),
+}
+
+
+def _make_run(run, n_channels=1, shift=0.0):
+    rng = np.random.default_rng(0)
+    mixture = rng.standard_normal(SR).astype(np.float32)
+    for system, (si, sdr, active, seconds, oracle) in SYSTEMS.items():
+        stage = run / system
+        stage.mkdir(parents=True)
+        (stage / "summary.json").write_text(json.dumps({
+            "stage": system, "system": system, "kind": system, "train_seconds": seconds,
+            "steps": 100, "labelled_mixtures": 40 if system != "supervised_full" else 400}))
+        lines = ["epoch,step,train_loss,val_loss,val_si_snri"]
+        lines += [f"0,{s},{-s / 10:.2f},,"for s in range(0, 100, 10)]
+        lines += ["0,49,,-3.0,2.5", "0,99,,-5.0,4.5"]
+        (stage / "metrics.csv").write_text("\n".join(lines) + "\n")
+        n_out = 4 if system == "teacher" else 2
+        per_mixture = [
+            {"id": f"m{i}", "si_snri_topk": si + shift + d, "sdri_topk": sdr + d,
+             "si_snri_oracle": (oracle or si) + shift + d, "sdri_oracle": sdr + d,
+             "active_outputs": a}
+            for i, (a, d) in enumerate(zip(active, [-1.0, 1.0, -0.5, 0.5], strict=True))
+        ]
+        mean = {"si_snri_topk": si + shift, "sdri_topk": sdr, "si_snri_oracle": (oracle or si)
+                + shift, "sdri_oracle": sdr, "active_outputs": float(np.mean(active)),
+                "over_separated": float(np.mean([a > 2 for a in active]))}
+        (run / "eval" / "examples").mkdir(parents=True, exist_ok=True)
+        np.savez(run / "eval" / "examples" / f"{system}.npz", id="m0", sample_rate=SR,
+                 mixture=mixture, references=np.stack([mixture * 0.5] * 2),
+                 outputs=rng.standard_normal((n_out, SR)).astype(np.float32),
+                 topk_outputs=np.array([1, 0]), oracle_groups=np.array([0, 1] * (n_out // 2)))
+        (run / "eval" / f"{system}.json").write_text(json.dumps({
+            "system": system, "stage": system, "k": 2, "n_outputs": n_out,
+            "n_channels": n_channels, "n_mixtures": 4, "active_threshold_db": -20.0,
+            "per_mixture": per_mixture, "mean": mean,
+            "example": {"id": "m0", "path": f"examples/{system}.npz"}}))
+
+
+def test_report_from_a_synthetic_run(tmp_path):
+    run = tmp_path / "run"
+    _make_run(run)
+    report = write_report(run)
+    text = report.read_text()
+    data = json.loads((run / "report.json").read_text())
+    by_label = {r["label"]: r for r in data["rows"]}
+    assert list(by_label) == [
+        "Supervised PIT, 100 % labels", "Supervised PIT, labelled fraction only",
+        "MixIT teacher (top-2)", "MixIT teacher (oracle grouping into 2)",
+        "TS-MixIT student", "+ fine-tune",
+    ]
+    assert by_label["MixIT teacher (oracle grouping into 2)"]["si_snri"] == 7.75
+    # Pipeline time: student = teacher 1200 s + student 300 s; fine-tune adds 60 s.
+    assert by_label["+ fine-tune"]["total_seconds"] == 1560.0
+    for line in ("| MixIT teacher (top-2) | 1 | 4.00 | 4.80 | 3.00 / 4 | 75% | 40 | 20.0 min |",
+                 "| + fine-tune | 1 | 8.75 | 9.30 | 2.00 / 2 | 0% | 40 | 60 s (26.0 min total) |",
+                 "| Supervised PIT, 100 % labels | 1 | 9.50 | 10.10 | 2.00 / 2 | 0% | 400 |"):
+        assert line in text, line
+    # student > teacher, over-separation, close to 100 %, beats the fraction, distillation,
+    # multi-channel.
+    assert [c["status"] for c in data["claims"]] == ["holds"] * 4 + ["not measured"] * 2
+    assert "student 6.50 dB vs teacher 4.00 dB" in text
+    assert "oracle - top-2 = 3.75 dB; 75% of mixtures" in text
+    assert data["plots"] == ["plots/curves.png", "plots/active_outputs.png",
+                             "plots/spectrograms.png", "plots/si_snri_per_mixture.png"]
+    for plot in data["plots"]:
+        assert (run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({plot})" in text
+
+
+def test_multichannel_claim_with_a_compared_run(tmp_path):
+    _make_run(tmp_path / "mono")
+    _make_run(tmp_path / "spatial", n_channels=4, shift=2.0)
+    write_report(tmp_path / "mono", compare=[tmp_path / "spatial"])
+    data = json.loads((tmp_path / "mono" / "report.json").read_text())
+    claim = next(c for c in data["claims"] if "multi-channel" in c["claim"])
+    assert claim["status"] == "holds"
+    assert "student: 4 mics 8.50 dB vs 1 mic 6.50 dB" in claim["detail"]
+    assert any(r["label"] == "TS-MixIT student [spatial]" for r in data["rows"])
+
+
+def test_report_of_an_empty_run_says_so(tmp_path):
+    report = write_report(tmp_path)
+    assert "No evaluated systems yet" in report.read_text()
