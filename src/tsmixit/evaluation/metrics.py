@@ -13,7 +13,7 @@ For a mixture x with k reference sources y (k, T) and M separator outputs s_hat 
   output energy. With the top-k/oracle gap it measures over-separation.
 
 PESQ and STOI of the top-k estimates are added when the `pesq` / `pystoi` packages are
-installed (they are optional).
+installed (they are optional); a mixture PESQ cannot score is NaN and left out of the mean.
 """
 
 import os
@@ -120,7 +120,10 @@ def _quality_metrics() -> dict[str, Callable[[np.ndarray, np.ndarray, int], floa
         def pesq_score(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
             rate = 8000 if sr < 16000 else 16000  # PESQ serves 8 kHz (nb) and 16 kHz (wb)
             ref, est = resample(ref, sr, rate), resample(est, sr, rate)
-            return float(pesq(rate, ref, est, "nb" if rate == 8000 else "wb"))
+            try:
+                return float(pesq(rate, ref, est, "nb" if rate == 8000 else "wb"))
+            except RuntimeError:  # pesq.PesqError: no utterance found, or audio too short
+                return float("nan")
 
         scorers["pesq_topk"] = pesq_score
     try:
@@ -180,7 +183,7 @@ def score_mixture(
     for name, scorer in (quality or {}).items():
         pairs = zip(ref.numpy(), aligned.numpy(), strict=True)
         values = [scorer(r, e, sample_rate) for r, e in pairs]
-        row[name] = float(np.mean(values))
+        row[name] = float(np.mean(values))  # NaN when a source could not be scored
     return row
 
 
@@ -280,7 +283,7 @@ def evaluate_separator(
     bar.close()
     per_mixture = [rows[i] for i in range(len(manifest))]
     mean = {
-        key: float(np.mean([r[key] for r in per_mixture]))
+        key: float(np.nanmean([r[key] for r in per_mixture]))
         for key in MEAN_KEYS
         if key in per_mixture[0]
     }
