@@ -67,6 +67,17 @@ def test_save_load_round_trip_with_relative_paths_and_moved_folder(tmp_path):
     np.testing.assert_array_equal(loaded.load_mixture(0, start=10, frames=5), _sig(300)[:, 10:15])
 
 
+def test_segment_rows_read_mixture_from_start_and_sources_from_sources_start(tmp_path):
+    _write(tmp_path / "long.wav", _sig(1000))
+    _write(tmp_path / "pseudo.wav", _sig(200, seed=9))
+    row = {**_good_row(), "mixture": "long.wav", "start": 600, "num_frames": 200,
+           "sources": ["pseudo.wav"], "sources_start": 0}
+    manifest = Manifest([row], root=tmp_path)
+    np.testing.assert_array_equal(manifest.load_mixture(0), _sig(1000)[:, 600:800])
+    np.testing.assert_array_equal(manifest.load_sources(0, allow_unlabelled=True, start=50),
+                                  _sig(200, seed=9)[:, 50:])
+
+
 def _good_row() -> dict:
     return {"id": "a", "split": "train", "labelled": False, "sample_rate": 8000, "channels": 1,
             "num_frames": 10, "n_speakers": None, "mixture": "m.wav", "sources": None}
@@ -83,6 +94,7 @@ def _good_row() -> dict:
         ({"labelled": True}, "labelled"),  # labelled without sources
         ({"sources": []}, "sources"),
         ({"channel_map": [0, 1]}, "channel_map"),
+        ({"sources": ["s.wav"], "sources_start": -1}, "sources_start"),
         ({"mixture": None, "parts": [{"audio": "u.flac", "offset": 0, "gain": 1.0,
                                       "role": "voice", "rir": None}]}, "parts[0].role"),
         ({"mixture": None, "parts": [{"audio": "u.flac", "offset": 0, "gain": 1.0,

@@ -11,8 +11,9 @@ Common fields of a row:
 File rows (WSJ0-2mix, LibriMix, folders of recordings, pseudo-labels):
     "mixture": path, "sources": [path, ...] | null,
     optional "start": first frame of the row in the files (default 0; segments of long
-    recordings), optional "channel_map": the file channels used, in order (the first one is
-    the reference microphone of the sources).
+    recordings), optional "sources_start": the same for the source files when it differs
+    (e.g. 0 for pseudo-targets written per segment), optional "channel_map": the file
+    channels used, in order (the first one is the reference microphone of the sources).
 
 Rendered rows (the embedded corpus, mixed on the fly):
     "parts": [{"audio": path, "offset": frames, "gain": linear, "role": "source" | "noise",
@@ -58,7 +59,7 @@ ROLES = ("source", "noise")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 _FIELD_ORDER = (
     "id", "split", "labelled", "sample_rate", "channels", "num_frames", "n_speakers",
-    "mixture", "start", "channel_map", "sources", "parts", "rooms",
+    "mixture", "start", "channel_map", "sources", "sources_start", "parts", "rooms",
 )  # fmt: skip
 
 
@@ -230,7 +231,7 @@ class Manifest:
                 sample_rate=row["sample_rate"],
                 strict=True,
                 channels=[ref if n_ch > 1 else 0],
-                start=row.get("start", 0) + start,
+                start=row.get("sources_start", row.get("start", 0)) + start,
                 frames=frames,
             )[0][0]
         return out
@@ -376,6 +377,8 @@ def _check_row(row: Any, root: Path, where: str) -> dict[str, Any]:
         if not isinstance(sources, list) or not sources:
             raise bad("sources", "must be a non-empty list of paths or null")
         out["sources"] = [path(s, "sources") for s in sources]
+        if "sources_start" in row:
+            require("sources_start", lambda v: _int(v) and v >= 0, "a frame index >= 0")
     if "mixture" in row:
         out["mixture"] = path(row["mixture"], "mixture")
         if "start" in row:
