@@ -167,3 +167,19 @@ def test_evaluate_path_on_a_wsj0_2mix_folder(tmp_path):
     assert result["n_mixtures"] == 2 and result["n_outputs"] == 4
     assert json.loads((tmp_path / "r.json").read_text())["mean"] == result["mean"]
     assert all(1 <= r["active_outputs"] <= 4 for r in result["per_mixture"])
+
+
+def test_multichannel_rows_feed_every_mic_or_mic_0(tmp_path):
+    rows = _write_corpus(tmp_path, [2400])
+    stereo = np.stack([sf.read(tmp_path / "0_mix.wav")[0], 0.5 * sf.read(tmp_path / "0_s1.wav")[0]])
+    sf.write(tmp_path / "0_mix.wav", stereo.T, SR, subtype="FLOAT")
+    rows[0]["channels"] = 2
+    manifest = Manifest(rows, tmp_path)
+    mix = torch.from_numpy(manifest.load_mixture(0))  # (2, T)
+    ref = torch.from_numpy(manifest.load_sources(0, allow_unlabelled=True))
+    for n_channels, inputs in ((2, mix[None]), (1, mix[:1])):
+        model = ConvTasNet.from_preset("tiny", n_channels=n_channels).eval()
+        row = evaluate_separator(model, manifest, progress=False)["per_mixture"][0]
+        with torch.inference_mode():
+            want = score_mixture(model(inputs)[0], ref, mix[0])
+        assert row["si_snri_topk"] == pytest.approx(want["si_snri_topk"], abs=1e-4)

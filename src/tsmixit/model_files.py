@@ -287,7 +287,7 @@ def export_onnx(
     opset: int = 18,
     atol: float = 1e-4,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     """Export the network to ONNX with dynamic batch and time axes, then check it: run
     onnxruntime and PyTorch on a random input of another length than the traced one and
     require max |difference| <= `atol`. Returns {"max_abs_diff", "check_frames"}.
@@ -338,4 +338,4 @@ def export_onnx(
                 f"{path}: the ONNX model differs from PyTorch by {diff:.3g} (> {atol:g}) on a "
                 f"{check_frames}-sample input; the export is not written."
             )
-    return {"max_abs_diff": diff, "check_frames": float(check_frames)}
+    return {"max_abs_diff": diff, "check_frames": check_frames}

@@ -256,10 +256,16 @@ def evaluate_separator(
     for batch in _length_batches(lengths, batch_size, max_padding):
         mixtures = [manifest.load_mixture(i) for i in batch]  # each (C, T_i)
         longest = max(lengths[i] for i in batch)
-        x = np.zeros((len(batch), mixtures[0].shape[0], longest), np.float32)
-        for b, mix in enumerate(mixtures):
-            x[b, :, : mix.shape[1]] = mix
-        inputs = torch.from_numpy(x[:, :n_channels]).to(device)  # (B, C_model, T)
+        x = np.zeros((len(batch), n_channels, longest), np.float32)  # (B, C_model, T)
+        for b, (i, mix) in enumerate(zip(batch, mixtures, strict=True)):
+            if mix.shape[0] < n_channels:
+                raise ManifestError(
+                    f"{manifest.name}: row {manifest.rows[i]['id']!r} has {mix.shape[0]} "
+                    f"channel(s), the model takes {n_channels}; evaluate it on data recorded "
+                    "with its microphone array."
+                )
+            x[b, :, : mix.shape[1]] = mix[:n_channels]  # a 1-channel model sees mic 0
+        inputs = torch.from_numpy(x).to(device)  # (B, C_model, T)
         if n_channels == 1:
             inputs = inputs[:, 0]  # (B, T)
         est = module(inputs).float().cpu()  # (B, M, T)
