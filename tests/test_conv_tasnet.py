@@ -9,6 +9,7 @@ from tsmixit.models.conv_tasnet import (
     PRESETS,
     ConvTasNet,
     CumulativeLayerNorm,
+    DepthwiseConv,
     PReLU,
     make_norm,
 )
@@ -107,6 +108,35 @@ def test_prelu_fast_backward_matches_torch(slope):
     ref(x).backward(grad)
     torch.testing.assert_close(gx, x.grad)
     torch.testing.assert_close(ga, ref.weight.grad)
+
+
+@pytest.mark.parametrize(
+    "P, dilation, causal", [(3, 1, False), (3, 4, True), (4, 2, False), (3, 64, False)]
+)
+def test_depthwise_fast_backward_matches_torch(P, dilation, causal):
+    conv = DepthwiseConv(5, P, dilation, causal).double()
+    x = torch.randn(2, 5, 40, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 5, 40, dtype=torch.float64)
+    total = (P - 1) * dilation
+    left = total if causal else total // 2
+    # Reference: torch's convolution on the explicitly padded input.
+    expected = torch.nn.functional.conv1d(
+        torch.nn.functional.pad(x, (left, total - left)),
+        conv.weight,
+        conv.bias,
+        dilation=dilation,
+        groups=5,
+    )
+    ref_grads = torch.autograd.grad(expected, (x, conv.weight, conv.bias), grad)
+    out = conv(x)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, expected)
+    for ours, ref in zip(
+        torch.autograd.grad(out, (x, conv.weight, conv.bias), grad), ref_grads, strict=True
+    ):
+        torch.testing.assert_close(ours, ref)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), expected)
 
 
 def test_causal_model_ignores_the_future():

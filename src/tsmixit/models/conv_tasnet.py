@@ -117,6 +117,52 @@ class PReLU(nn.PReLU):
         return F.prelu(x, self.weight)
 
 
+class _DepthwiseFunction(torch.autograd.Function):
+    """Same-length depthwise convolution y = b + sum_p w_p * x[k + p d - left] (zeros
+    outside) with a faster CPU backward: each tap's gradients are one shifted multiply-add
+    (input) and one product-sum (weight). torch's depthwise convolution backward is 2-4x
+    slower than that on CPU (measured at (4, 128, 4000) and (4, 512, 4000), one thread),
+    while its forward is fast, so the forward is torch's."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor, dilation: int, pad: tuple[int, int]):
+        ctx.save_for_backward(x, w)
+        ctx.dilation, ctx.left = dilation, pad[0]
+        return F.conv1d(F.pad(x, pad), w, b, dilation=dilation, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
+        x, w = ctx.saved_tensors  # x (batch, H, K), w (H, 1, P)
+        frames = x.shape[-1]
+        grad_x, grad_w = torch.zeros_like(x), torch.zeros_like(w)
+        for p in range(w.shape[-1]):
+            shift = p * ctx.dilation - ctx.left  # y[k] reads x[k + shift]
+            lo, hi = max(0, -shift), min(frames, frames - shift)  # frames k that read x
+            if hi <= lo:
+                continue
+            g, xs = grad[..., lo:hi], x[..., lo + shift : hi + shift]  # (batch, H, hi - lo)
+            grad_x[..., lo + shift : hi + shift].addcmul_(g, w[:, :, p])
+            grad_w[:, 0, p] = (g * xs).sum(dim=(0, 2))
+        return grad_x, grad_w, grad.sum(dim=(0, 2)), None, None
+
+
+class DepthwiseConv(nn.Conv1d):
+    """Depthwise convolution (kernel P, dilation d) returning as many frames as it gets:
+    causal pads (P-1)d frames in the past, otherwise the padding is split around the frame.
+    Training on CPU uses the fast backward above; otherwise plain ``F.conv1d``."""
+
+    def __init__(self, channels: int, P: int, dilation: int, causal: bool) -> None:
+        super().__init__(channels, channels, P, dilation=dilation, groups=channels)
+        total = (P - 1) * dilation
+        self.pad = (total, 0) if causal else (total // 2, total - total // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = self.dilation[0]
+        if torch.is_grad_enabled() and x.device.type == "cpu":
+            return _DepthwiseFunction.apply(x, self.weight, self.bias, d, self.pad)
+        return F.conv1d(F.pad(x, self.pad), self.weight, self.bias, dilation=d, groups=x.shape[1])
+
+
 def make_norm(norm: Norm, channels: int) -> nn.Module:
     """gLN (eq. 11: mean and variance over all channels and frames, per-channel gamma, beta)
     is exactly GroupNorm with one group; cLN is the cumulative layer norm."""
@@ -145,10 +191,7 @@ class ConvBlock(nn.Module):
         self.in_conv = nn.Conv1d(B, H, 1)
         self.act1 = PReLU()
         self.norm1 = make_norm(norm, H)
-        # Causal: all (P-1)d padding in the past; otherwise split it around the frame.
-        total = (P - 1) * dilation
-        self.pad = (total, 0) if causal else (total // 2, total - total // 2)
-        self.depthwise = nn.Conv1d(H, H, P, dilation=dilation, groups=H)
+        self.depthwise = DepthwiseConv(H, P, dilation, causal)
         self.act2 = PReLU()
         self.norm2 = make_norm(norm, H)
         self.res_conv = nn.Conv1d(H, B, 1) if residual else None
@@ -156,7 +199,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
         y = self.norm1(self.act1(self.in_conv(x)))  # (batch, H, K)
-        y = self.norm2(self.act2(self.depthwise(F.pad(y, self.pad))))  # (batch, H, K)
+        y = self.norm2(self.act2(self.depthwise(y)))  # (batch, H, K)
         residual = self.res_conv(y) if self.res_conv is not None else None  # (batch, B, K)
         return residual, self.skip_conv(y)  # skip (batch, Sc, K)
 
