@@ -1,0 +1,407 @@
+"""The recipe config: one typed, validated object per run, loaded from YAML with
+command-line overrides (``train.max_steps=50``). Every check runs before any work, and every
+error names the offending key.
+
+Symbols: M = ``model.teacher_outputs`` (MixIT teacher outputs), k = ``model.student_outputs``
+(student outputs = pseudo-targets kept per mixture, the k most energetic teacher outputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tsmixit.errors import ConfigError
+
+
+@dataclass
+class CorpusConfig:
+    """Where the mixtures come from: a manifest on disk, or the embedded corpus built into
+    RUN/corpus from a preset (``build_corpus(preset=..., seed=..., **options)``)."""
+
+    manifest: str | None = None
+    preset: str | None = "demo"
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Conv-TasNet preset and overrides shared by every system; M and k; which channels."""
+
+    preset: str = "small"
+    options: dict = field(default_factory=dict)
+    teacher_outputs: int = 4
+    student_outputs: int = 2
+    teacher_consistency: Literal["uniform", "energy"] | None = "uniform"
+    student_consistency: Literal["uniform", "energy"] | None = None
+    # "all": a multi-channel model sees every microphone; "reference": microphone 0 only.
+    channels: Literal["all", "reference"] = "all"
+
+
+@dataclass
+class DataConfig:
+    segment_seconds: float = 4.0
+    batch_size: int = 4
+    num_workers: int = 0
+    # Probability that a mixture of mixtures holds one mixture only (x2 = 0): varies the
+    # source count seen by MixIT, against its collapse on always-4-speaker MoMs.
+    single_mixture_prob: float = 0.0
+    # Validation crops; None = full-length mixtures (batch 1).
+    valid_segment_seconds: float | None = None
+    valid_max_mixtures: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Defaults for every training stage; stages.<name> may override the budget and lr."""
+
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    max_minutes: float | None = None
+    lr: float = 1e-3
+    grad_clip: float = 5.0
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    val_every: int = 200
+    # Steps between resumable checkpoints (checkpoints/last.ckpt); None = val_every.
+    checkpoint_every: int | None = None
+    log_every: int = 10
+    seed: int = 0
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    deterministic: bool = False
+    progress: bool = True
+
+
+@dataclass
+class StageBudget:
+    """A training stage: its budget and learning rate (None = the train section's)."""
+
+    enabled: bool = True
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    max_minutes: float | None = None
+    lr: float | None = None
+
+
+@dataclass
+class StudentStage(StageBudget):
+    # "teacher": start from the teacher's weights (all layers whose shapes fit, and the first
+    # k output masks); "scratch": random initialisation.
+    init: Literal["teacher", "scratch"] = "scratch"
+
+
+@dataclass
+class LabelStage:
+    # "disk": label every training mixture once (a pseudo-labelled manifest); "fly": the
+    # frozen teacher labels each student batch; "auto": disk unless the student trains for
+    # exactly one epoch.
+    mode: Literal["auto", "disk", "fly"] = "auto"
+    active_threshold_db: float = -20.0
+    # Label the mixtures of labelled rows too (their sources stay unread).
+    include_labelled: bool = True
+    max_mixtures: int | None = None
+
+
+@dataclass
+class DistillStage:
+    rounds: int = 1
+    init: Literal["teacher", "scratch"] = "teacher"
+
+
+@dataclass
+class StagesConfig:
+    teacher: StageBudget = field(default_factory=StageBudget)
+    label: LabelStage = field(default_factory=LabelStage)
+    student: StudentStage = field(default_factory=StudentStage)
+    finetune: StageBudget = field(default_factory=StageBudget)
+    distill: DistillStage = field(default_factory=DistillStage)
+    supervised_full: StageBudget = field(default_factory=StageBudget)
+    supervised_fraction: StageBudget = field(default_factory=StageBudget)
+
+
+@dataclass
+class EvalConfig:
+    split: Literal["train", "valid", "test"] = "test"
+    active_threshold_db: float = -20.0
+    max_mixtures: int | None = None
+
+
+@dataclass
+class RecipeConfig:
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+BUDGET_STAGES = ("teacher", "student", "finetune", "supervised_full", "supervised_fraction")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A stage's resolved budget (None = unbounded on that axis) and learning rate."""
+
+    max_steps: int | None
+    max_epochs: int | None
+    max_minutes: float | None
+    lr: float
+
+
+def stage_budget(config: RecipeConfig, name: str) -> Budget:
+    """The budget of training stage `name` (one of BUDGET_STAGES): its own fields where set,
+    else the train section's."""
+    stage: StageBudget = getattr(config.stages, name)
+    train = config.train
+    own = (stage.max_steps, stage.max_epochs, stage.max_minutes)
+    steps, epochs, minutes = own if any(v is not None for v in own) else (
+        train.max_steps, train.max_epochs, train.max_minutes)
+    return Budget(steps, epochs, minutes, stage.lr if stage.lr is not None else train.lr)
+
+
+# ---------------------------------------------------------------------------------------
+# Building and checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widen to float; YAML's
+    '1e-3' strings read as floats). Raises ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"config key {key!r} must not be null (expected {_type_name(tp)})")
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(repr(c) for c in typing.get_args(tp))
+            raise ConfigError(f"config key {key!r} must be one of {choices}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    raise ConfigError(f"config key {key!r}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        where = f"config section {prefix!r}" if prefix else "the config"
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(
+                f"unknown config key {full!r}; known keys here: {', '.join(names)}"
+            )
+    kwargs = {
+        name: _coerce(data[name], hints[name], f"{prefix}.{name}" if prefix else name)
+        for name in names
+        if name in data
+    }
+    return cls(**kwargs)
+
+
+def _check(config: RecipeConfig) -> None:
+    """Value checks that types cannot express; each error names its key."""
+
+    def positive(key: str, value, allow_zero: bool = False) -> None:
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            bound = "non-negative" if allow_zero else "positive"
+            raise ConfigError(f"config key {key!r} must be {bound}, got {value!r}")
+
+    m, d, t = config.model, config.data, config.train
+    positive("model.teacher_outputs", m.teacher_outputs)
+    positive("model.student_outputs", m.student_outputs)
+    if m.student_outputs > m.teacher_outputs:
+        raise ConfigError(
+            f"config key 'model.student_outputs' (k = {m.student_outputs}) must not exceed "
+            f"'model.teacher_outputs' (M = {m.teacher_outputs}): the student keeps k of the "
+            "teacher's M outputs"
+        )
+    if m.teacher_outputs < 2:
+        raise ConfigError("config key 'model.teacher_outputs' must be at least 2 for MixIT")
+    for key in ("n_sources", "n_channels", "consistency"):
+        if key in m.options:
+            raise ConfigError(
+                f"config key 'model.options.{key}' is set by the recipe; use "
+                "model.teacher_outputs / model.student_outputs / model.*_consistency / "
+                "model.channels instead"
+            )
+    positive("data.segment_seconds", d.segment_seconds)
+    positive("data.batch_size", d.batch_size)
+    positive("data.num_workers", d.num_workers, allow_zero=True)
+    positive("data.valid_segment_seconds", d.valid_segment_seconds)
+    positive("data.valid_max_mixtures", d.valid_max_mixtures)
+    if not 0.0 <= d.single_mixture_prob <= 1.0:
+        raise ConfigError("config key 'data.single_mixture_prob' must lie in [0, 1]")
+    for name in ("max_steps", "max_epochs", "max_minutes"):
+        positive(f"train.{name}", getattr(t, name))
+    positive("train.checkpoint_every", t.checkpoint_every)
+    for name in ("lr", "grad_clip", "val_every", "log_every", "num_nodes", "plateau_patience"):
+        positive(f"train.{name}", getattr(t, name), allow_zero=name == "grad_clip")
+    if not 0.0 < t.plateau_factor < 1.0:
+        raise ConfigError("config key 'train.plateau_factor' must lie in (0, 1)")
+    for stage in BUDGET_STAGES:
+        budget = getattr(config.stages, stage)
+        for name in ("max_steps", "max_epochs", "max_minutes", "lr"):
+            positive(f"stages.{stage}.{name}", getattr(budget, name))
+        resolved = stage_budget(config, stage)
+        if budget.enabled and (resolved.max_steps, resolved.max_epochs, resolved.max_minutes) == (
+            None, None, None,
+        ):
+            raise ConfigError(
+                f"stage {stage!r} has no training budget: set train.max_steps, "
+                f"train.max_epochs or train.max_minutes (or stages.{stage}.max_steps ...)"
+            )
+    for stage in ("teacher", "student"):
+        if not getattr(config.stages, stage).enabled:
+            raise ConfigError(
+                f"config key 'stages.{stage}.enabled' cannot be false: every TS-MixIT run "
+                "trains a teacher and a student (use --stages to run only some stages)"
+            )
+    positive("stages.distill.rounds", config.stages.distill.rounds, allow_zero=True)
+    positive("stages.label.max_mixtures", config.stages.label.max_mixtures)
+    positive("eval.max_mixtures", config.eval.max_mixtures)
+    if config.corpus.manifest is None and config.corpus.preset is None:
+        raise ConfigError("set config key 'corpus.manifest' (a manifest.jsonl) or 'corpus.preset'")
+    _check_model(config)
+
+
+def _check_model(config: RecipeConfig) -> None:
+    """The preset exists and the overrides are Conv-TasNet arguments."""
+    import inspect
+
+    from tsmixit.models.conv_tasnet import PRESETS, ConvTasNet
+
+    if config.model.preset not in PRESETS:
+        raise ConfigError(
+            f"config key 'model.preset' must be one of {', '.join(PRESETS)}, "
+            f"got {config.model.preset!r}"
+        )
+    known = set(inspect.signature(ConvTasNet.__init__).parameters) - {"self"}
+    for key in config.model.options:
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key 'model.options.{key}'; Conv-TasNet takes "
+                f"{', '.join(sorted(known))}"
+            )
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set data['a']['b'] = value for 'a.b'; ConfigError naming the key if a part is a value."""
+    parts = dotted.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def config_from_dict(data: dict | None, overrides: list[str] | dict | None = None) -> RecipeConfig:
+    """Build and validate a RecipeConfig from a nested mapping plus overrides: a list of
+    "a.b=value" strings (values parsed as YAML) or a {"a.b": value} mapping."""
+    merged = _deep_copy(data or {})
+    pairs: list[tuple[str, Any]]
+    if isinstance(overrides, dict):
+        pairs = list(overrides.items())
+    else:
+        pairs = []
+        for text in overrides or []:
+            key, sep, raw = text.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"override {text!r} must read key=value, e.g. train.max_steps=50")
+            pairs.append((key.strip(), yaml.safe_load(raw)))
+    for key, value in pairs:
+        _set_dotted(merged, key, value)
+    config = _build(RecipeConfig, merged, "")
+    _check(config)
+    return config
+
+
+def _deep_copy(data: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def load_config(
+    yaml_path: str | Path | None, overrides: list[str] | dict | None = None
+) -> RecipeConfig:
+    """Read a recipe YAML (None: defaults only), apply overrides, validate."""
+    data: dict = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return config_from_dict(data, overrides)
