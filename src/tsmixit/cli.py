@@ -56,6 +56,9 @@ def cmd_corpus_import(args: argparse.Namespace) -> int:
     from tsmixit.data import manifest as mf
 
     options = _overrides(args.set)
+    if args.kind == "folder":
+        # Recordings at another rate or channel count are converted once, beside the manifest.
+        options.setdefault("audio_dir", args.out.parent / f"{args.out.stem}_audio")
     importers = {
         "wsj0-2mix": mf.import_wsj0_2mix,
         "librimix": mf.import_librimix,
