@@ -11,6 +11,7 @@ from tsmixit.models.conv_tasnet import (
     CumulativeLayerNorm,
     DepthwiseConv,
     PReLU,
+    PReLUNorm,
     make_norm,
 )
 
@@ -108,6 +109,24 @@ def test_prelu_fast_backward_matches_torch(slope):
     ref(x).backward(grad)
     torch.testing.assert_close(gx, x.grad)
     torch.testing.assert_close(ga, ref.weight.grad)
+
+
+@pytest.mark.parametrize("norm", ["gLN", "cLN"])
+def test_prelu_norm_matches_torch_modules(norm):
+    pair = PReLUNorm(norm, 6).double()
+    torch.nn.init.normal_(pair.norm.weight)
+    torch.nn.init.normal_(pair.norm.bias)
+    x = torch.randn(2, 6, 30, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 6, 30, dtype=torch.float64)
+    params = (x, pair.act.weight, pair.norm.weight, pair.norm.bias)
+    ref_norm = torch.nn.GroupNorm(1, 6, eps=1e-8).double() if norm == "gLN" else pair.norm
+    ref_norm.load_state_dict(pair.norm.state_dict())
+    expected = ref_norm(torch.nn.functional.prelu(x, pair.act.weight))
+    ref_grads = torch.autograd.grad(expected, (x, pair.act.weight, *ref_norm.parameters()), grad)
+    out = pair(x)
+    torch.testing.assert_close(out, expected)
+    for ours, ref in zip(torch.autograd.grad(out, params, grad), ref_grads, strict=True):
+        torch.testing.assert_close(ours, ref)
 
 
 @pytest.mark.parametrize(
