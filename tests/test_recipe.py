@@ -111,3 +111,27 @@ def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
     b = load_checkpoint(Path(straight["last_checkpoint"]))["state_dict"]
     for name in b:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_multichannel_recipe_with_its_single_channel_companion(tmp_path):
+    """2-microphone reverberant mixtures, model.channels=both: the spatial-encoder system in
+    RUN, the microphone-0 system in RUN/mic0, one report comparing them."""
+    corpus = make_corpus(tmp_path / "corpus", n_train=12, channels=2)
+    config = load_config(None, tiny_overrides(corpus, steps=6, **{
+        "model.channels": "both", "stages.finetune.enabled": False,
+        "stages.distill.rounds": 0, "stages.supervised_full.enabled": False,
+        "stages.supervised_fraction.enabled": False}))
+    stages = None if HAS_REPORT else ["teacher", "label", "student", "eval", "export"]
+    result = run_recipe(config, tmp_path / "run", stages=stages)
+    assert set(result["stages"]) == {"teacher", "label", "student"}
+    for run, channels in ((tmp_path / "run", 2), (tmp_path / "run" / "mic0", 1)):
+        for system in ("teacher", "student"):
+            evaluation = json.loads((run / "eval" / f"{system}.json").read_text())
+            assert evaluation["n_channels"] == channels
+        model = json.loads((run / "model" / "config.json").read_text())
+        assert model["n_channels"] == channels
+    assert json.loads((tmp_path / "run" / "teacher" / "stage.json").read_text())["config"][
+        "model"]["channels"] == "all"
+    if HAS_REPORT:
+        report = (tmp_path / "run" / "report.md").read_text()
+        assert "mic0" in report

@@ -41,8 +41,10 @@ class ModelConfig:
     student_outputs: int = 2
     teacher_consistency: Literal["uniform", "energy"] | None = "uniform"
     student_consistency: Literal["uniform", "energy"] | None = None
-    # "all": a multi-channel model sees every microphone; "reference": microphone 0 only.
-    channels: Literal["all", "reference"] = "all"
+    # "all": a multi-channel model sees every microphone; "reference": microphone 0 only;
+    # "both": all microphones in RUN, plus the same recipe on microphone 0 in RUN/mic0 (the
+    # single- vs multi-channel comparison of the report).
+    channels: Literal["all", "reference", "both"] = "all"
 
 
 @dataclass

@@ -822,6 +822,37 @@ def _export(recipe: Recipe) -> Path:
     return out
 
 
+def _run_one(config: RecipeConfig, run_dir: Path, fresh: bool, stages: list[str] | None
+             ) -> tuple[Recipe, dict[str, Any]]:
+    """Every stage, evaluation and export of one run folder (no report)."""
+    recipe = Recipe(config, run_dir, stages)
+    if fresh and _rank() == 0 and run_dir.exists():
+        names = {st.name for st in recipe.plan} | {"corpus", "eval", "model", "config.yaml",
+                                                   "report.md", "report.json", "plots",
+                                                   COMPANION}
+        for entry in run_dir.iterdir():
+            if entry.name in names or entry.name.startswith("distill"):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    if _rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", config.to_yaml())
+    progress = config.train.progress
+    recipe.prepare_corpus(progress)
+    summaries = recipe.run()
+    result: dict[str, Any] = {"run_dir": str(run_dir), "stages": summaries}
+    if _rank() != 0:
+        return recipe, result
+    if recipe._wanted("eval"):
+        result["eval"] = _evaluate(recipe, progress)
+    if recipe._wanted("export") and any(s["kind"] in ("student", "finetune")
+                                        for s in summaries.values()):
+        result["model"] = str(_export(recipe))
+    return recipe, result
+
+
+COMPANION = "mic0"
+
+
 def run_recipe(
     config: RecipeConfig,
     run_dir: str | os.PathLike,
@@ -833,38 +864,35 @@ def run_recipe(
 
     fresh: discard the run folder's recipe outputs first. stages: run only these stages
     (and "distill", "eval", "export", "report"); earlier stages must have finished.
-    quick: a smoke-test version (see `quick_config`).
+    quick: a smoke-test version (see `quick_config`). With model.channels = "both", the
+    same recipe then runs on microphone 0 alone in RUN/mic0 (same corpus), and the report
+    compares the two.
 
     Returns {"run_dir", "stages": {name: summary}, "eval": {system: mean metrics},
-    "model": exported model folder, "report": report path} (rank 0; other ranks return
-    after the training stages with "stages" only).
+    "model": exported model folder, "report": report path, "mic0": the companion run's
+    result} (rank 0; other ranks return after the training stages with "stages" only).
     """
     if quick:
         config = quick_config(config)
     run_dir = Path(run_dir)
-    recipe = Recipe(config, run_dir, stages)
-    if fresh and _rank() == 0 and run_dir.exists():
-        names = {st.name for st in recipe.plan} | {"corpus", "eval", "model", "config.yaml",
-                                                   "report.md", "report.json"}
-        for entry in run_dir.iterdir():
-            if entry.name in names or entry.name.startswith(("distill", "report")):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    if _rank() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", config.to_yaml())
-    progress = config.train.progress
-    recipe.prepare_corpus(progress)
-    summaries = recipe.run()
-    result: dict[str, Any] = {"run_dir": str(run_dir), "stages": summaries}
-    if _rank() != 0:
-        return result
-    if recipe._wanted("eval"):
-        result["eval"] = _evaluate(recipe, progress)
-    if recipe._wanted("export") and any(s["kind"] in ("student", "finetune")
-                                        for s in summaries.values()):
-        result["model"] = str(_export(recipe))
-    if recipe._wanted("report"):
+    both = config.model.channels == "both"
+    main = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, channels="all")) if both else config
+    recipe, result = _run_one(main, run_dir, fresh, stages)
+    if both:
+        if _rank() == 0:
+            write_text_atomic(run_dir / "config.yaml", config.to_yaml())
+        if recipe.channels < 2:
+            raise ConfigError("model.channels = 'both' needs multi-channel mixtures; the "
+                              f"corpus has {recipe.channels} channel(s)")
+        single = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, channels="reference"),
+            corpus=dataclasses.replace(config.corpus, manifest=str(
+                Path(recipe.manifest.name).resolve()), preset=None))
+        _, result[COMPANION] = _run_one(single, run_dir / COMPANION, fresh, stages)
+    if _rank() == 0 and recipe._wanted("report"):
         from tsmixit.evaluation.report import write_report
 
-        result["report"] = str(write_report(run_dir))
+        compare = [run_dir / COMPANION] if both else None
+        result["report"] = str(write_report(run_dir, compare=compare))
     return result
