@@ -306,7 +306,9 @@ def export_onnx(
     dummy = torch.randn(*lead, n_trace, generator=gen)
     time_axis = len(lead)
     with atomic_path(path) as tmp:
-        with warnings.catch_warnings():
+        # Without gradients the network uses plain torch ops only (its training-time custom
+        # autograd functions are not exportable).
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
