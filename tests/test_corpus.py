@@ -1,0 +1,238 @@
+"""The embedded corpus: speakers, determinism, mixing rule, levels, noise, rooms, resume.
+
+Sums are checked before any quantisation of the mixture: the utterances and noise clips are
+16-bit FLAC, but mixtures and sources are rendered on the fly in float from those same
+samples, so mixture = sum of sources (+ noise) holds to float precision (1e-6). Only the
+materialised 16-bit wav folders are quantised; that test allows 16-bit rounding.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.signal import butter, sosfiltfilt
+
+from tsmixit.corpus import build_corpus, make_config
+from tsmixit.data.manifest import Manifest
+from tsmixit.errors import ConfigError
+
+SPLITS = ("train", "valid", "test")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return build_corpus(tmp_path_factory.mktemp("tiny"), "tiny", seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def spatial(tmp_path_factory) -> Path:
+    """Reverberant, 3 microphones, all noise types, 1-3 speakers."""
+    return build_corpus(tmp_path_factory.mktemp("spatial"), "tiny", seed=3, progress=False,
+                        reverb=True, n_mics=3, noise=True, speakers=(6, 3, 3),
+                        speaker_proportions=(0.2, 0.5, 0.3), mixtures=(16, 6, 6))
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _flac(path: str) -> np.ndarray:
+    return sf.read(path, dtype="float64")[0]
+
+
+def _fit(x: np.ndarray, n: int) -> np.ndarray:
+    return x[..., :n] if x.shape[-1] >= n else np.pad(x, [(0, 0)] * (x.ndim - 1) +
+                                                     [(0, n - x.shape[-1])])
+
+
+def _f0(x: np.ndarray, sr: int) -> float:
+    """Median F0 (Hz) over voiced 40 ms frames: the unbiased autocorrelation peak in
+    55-450 Hz of the signal low-passed at 800 Hz (which keeps formants from winning)."""
+    x = sosfiltfilt(butter(4, 800, fs=sr, output="sos"), x)
+    n, f0s = int(0.04 * sr), []
+    loud = np.sqrt(np.mean(x**2))
+    for start in range(0, len(x) - n, n // 2):
+        w = x[start:start + n] - x[start:start + n].mean()
+        if np.sqrt(np.mean(w**2)) < 0.5 * loud:
+            continue
+        ac = np.correlate(w, w, "full")[n - 1:] / (n - np.arange(n))
+        lo, hi = int(sr / 450), int(sr / 55)
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.5 * ac[0]:
+            f0s.append(sr / lag)
+    return float(np.median(f0s))
+
+
+def test_splits_are_speaker_disjoint_and_both_genders(tiny):
+    manifest = Manifest.load(tiny)
+    info = json.loads((tiny.parent / "speakers.json").read_text())
+    by_split = {s: {r_spk for r in manifest.select(split=s) for r_spk in r["speakers"]}
+                for s in SPLITS}
+    from_paths = {s: {Path(p["audio"]).parent.name for r in manifest.select(split=s)
+                      for p in r["parts"]} for s in SPLITS}
+    assert by_split == from_paths
+    for a in SPLITS:
+        assert by_split[a] <= {sp["id"] for sp in info[a]}
+        assert {sp["gender"] for sp in info[a]} == {"m", "f"}
+        for b in SPLITS:
+            if a < b:
+                assert not by_split[a] & by_split[b]
+                assert not {sp["variant"] for sp in info[a]} & {sp["variant"] for sp in info[b]}
+    assert [len(info[s]) for s in SPLITS] == [6, 2, 2]
+    assert len(manifest) == 40
+
+
+def test_speech_is_audible_with_plausible_pitch(tiny):
+    info = json.loads((tiny.parent / "speakers.json").read_text())
+    f0 = {"m": [], "f": []}
+    for speaker in info["train"] + info["valid"]:
+        files = sorted((tiny.parent / "utterances" / speaker["id"]).glob("*.flac"))
+        x = np.concatenate([_flac(str(f)) for f in files])
+        assert 20 * np.log10(np.sqrt(np.mean(x**2))) > -30  # not silent (peak is 0.9)
+        f0[speaker["gender"]].append(_f0(x, 8000))
+    assert all(60 <= v <= 170 for v in f0["m"]), f0
+    assert all(140 <= v <= 330 for v in f0["f"]), f0
+    assert np.median(f0["f"]) > 1.4 * np.median(f0["m"])
+
+
+def test_same_seed_same_bytes_other_seed_differs(tiny, tmp_path):
+    again = build_corpus(tmp_path / "again", "tiny", seed=0, progress=False)
+    assert _tree_digest(again.parent) == _tree_digest(tiny.parent)
+    other = build_corpus(tmp_path / "other", "tiny", seed=1, progress=False)
+    a, b = _tree_digest(tiny.parent), _tree_digest(other.parent)
+    assert a["manifest.jsonl"] != b["manifest.jsonl"]
+    assert a["speakers.json"] != b["speakers.json"]
+    shared = set(a) & set(b)
+    assert sum(a[k] == b[k] for k in shared if k.endswith(".flac")) == 0
+
+
+def test_mixture_is_sum_of_sources_levels_peak_and_labels(tiny):
+    manifest = Manifest.load(tiny)
+    ratios = []
+    for i, row in enumerate(manifest.rows):
+        T = row["num_frames"]
+        mixture = manifest.load_mixture(i)  # (1, T)
+        sources = manifest.load_sources(i, allow_unlabelled=True)  # (2, T)
+        # independent rendering from the FLAC files and the row's gains
+        dry = [p["gain"] * _fit(_flac(p["audio"]), T) for p in row["parts"]]
+        lengths = [sf.info(p["audio"]).frames for p in row["parts"]]
+        assert min(lengths) == T  # "min" mode
+        np.testing.assert_allclose(sources, np.stack(dry), atol=1e-6)
+        np.testing.assert_allclose(mixture[0], sources.sum(0), atol=1e-6)
+        peak = max(np.abs(mixture).max(), np.abs(sources).max())
+        assert peak == pytest.approx(0.9, abs=1e-6)
+        e1, e2 = np.sum(sources[0] ** 2), np.sum(sources[1] ** 2)
+        ratio = 10 * np.log10(e1 / e2)
+        assert ratio == pytest.approx(row["levels_db"][0] - row["levels_db"][1], abs=1e-3)
+        ratios.append(ratio)
+    assert min(ratios) >= -5 and max(ratios) <= 5 and max(ratios) - min(ratios) > 4
+    labelled = [r["labelled"] for r in manifest.select(split="train")]
+    assert sum(labelled) == round(0.25 * 24)
+    assert all(r["labelled"] for s in ("valid", "test") for r in manifest.select(split=s))
+
+
+def test_reverberant_noisy_rows(spatial):
+    manifest = Manifest.load(spatial)
+    rirs = np.load(spatial.parent / "rooms.npz")["rirs"]  # (n_rirs, C, L)
+    assert rirs.shape[1] == 3
+    rows = manifest.rows
+    assert {r["n_speakers"] for r in rows} == {1, 2, 3}
+    kinds = {Path(p["audio"]).stem.rsplit("_", 1)[1] for r in rows for p in r["parts"]
+             if p["role"] == "noise"}
+    assert kinds == {"white", "pink", "speech", "babble"}
+    for i, row in enumerate(rows):
+        T = row["num_frames"]
+        mixture = manifest.load_mixture(i)  # (3, T)
+        sources = manifest.load_sources(i, allow_unlabelled=True)  # (k, T)
+        assert mixture.shape == (3, T) and sources.shape == (row["n_speakers"], T)
+        assert not np.allclose(mixture[0], mixture[1], atol=1e-3)  # the mics differ
+        # independent rendering: direct-form convolution per microphone
+        expect = np.zeros((3, T))
+        for p in row["parts"]:
+            dry = _flac(p["audio"])
+            image = np.stack([np.convolve(dry, h)[:T] for h in rirs[p["rir"]]])  # (3, <=T)
+            expect[:, : image.shape[1]] += p["gain"] * image
+        np.testing.assert_allclose(mixture, expect, atol=1e-5)
+        src = [p for p in row["parts"] if p["role"] == "source"]
+        for k, p in enumerate(src):  # sources are the images at microphone 0
+            img = np.convolve(_flac(p["audio"]), rirs[p["rir"], 0])[:T]
+            np.testing.assert_allclose(sources[k], p["gain"] * _fit(img, T), atol=1e-5)
+        noise0 = mixture[0].astype(np.float64) - sources.sum(0)
+        snr = 10 * np.log10(np.sum(sources.sum(0) ** 2) / np.sum(noise0**2))
+        assert snr == pytest.approx(row["snr_db"], abs=0.01)
+        assert 5 <= row["snr_db"] <= 20
+        assert max(np.abs(mixture).max(), np.abs(sources).max()) <= 0.9 + 1e-6
+    info = json.loads((spatial.parent / "speakers.json").read_text())
+    held_out = {s["id"] for s in info["babble"]}
+    assert held_out and not held_out & {s for r in rows for s in r["speakers"]}
+
+
+def test_max_mode_16k_and_materialize(tmp_path):
+    path = build_corpus(tmp_path / "c", "tiny", seed=2, progress=False, sample_rate=16000,
+                        mode="max", mixtures=(4, 2, 2), materialize=True)
+    manifest = Manifest.load(path)
+    for i, row in enumerate(manifest.rows):
+        assert row["sample_rate"] == 16000
+        assert row["num_frames"] == max(sf.info(p["audio"]).frames for p in row["parts"])
+        folder = path.parent / "wav16k" / "max" / {"train": "tr", "valid": "cv",
+                                                   "test": "tt"}[row["split"]]
+        mix, sr = sf.read(folder / "mix" / f"{row['id']}.wav")
+        s1 = sf.read(folder / "s1" / f"{row['id']}.wav")[0]
+        s2 = sf.read(folder / "s2" / f"{row['id']}.wav")[0]
+        assert sr == 16000
+        np.testing.assert_allclose(mix, manifest.load_mixture(i)[0], atol=1 / 32768)
+        np.testing.assert_allclose(mix, s1 + s2, atol=3 / 32768)  # 16-bit rounding of each
+
+
+def test_resume_and_settings_guard(tiny, tmp_path):
+    work = tmp_path / "resume"
+    shutil.copytree(tiny.parent, work)
+    (work / "manifest.jsonl").unlink()
+    shutil.rmtree(work / "utterances" / "tr000m", ignore_errors=True)
+    shutil.rmtree(work / "utterances" / "tr000f", ignore_errors=True)
+    kept = work / "utterances" / "cv000f"
+    kept = kept if kept.exists() else work / "utterances" / "cv000m"
+    stamp = {p: os.stat(p).st_mtime_ns for p in kept.glob("*.flac")}
+    build_corpus(work, "tiny", seed=0, progress=False)
+    assert _tree_digest(work) == _tree_digest(tiny.parent)
+    assert {p: os.stat(p).st_mtime_ns for p in kept.glob("*.flac")} == stamp
+    with pytest.raises(ConfigError, match="labelled_fraction"):
+        build_corpus(work, "tiny", seed=0, progress=False, labelled_fraction=0.5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ({"n_mics": 9, "reverb": True}, "n_mics"),
+        ({"n_mics": 2}, "n_mics"),
+        ({"sample_rate": 44100}, "sample_rate"),
+        ({"noise": ["rain"]}, "noise"),
+        ({"labelled_fraction": 1.5}, "labelled_fraction"),
+        ({"mixtures": (10, 2)}, "mixtures"),
+        ({"mode": "mid"}, "mode"),
+        ({"colour": 1}, "colour"),
+        ({"speaker_proportions": (0, 0, 1)}, "speakers"),
+    ],
+)
+def test_bad_settings_name_the_setting(overrides, name):
+    with pytest.raises(ConfigError, match=name):
+        make_config("tiny", **overrides)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="demo-spatial"):
+        make_config("huge")
+
+
+def test_demo_preset_meets_the_issue():
+    demo = make_config("demo")
+    assert demo.speakers[0] >= 60 and demo.speakers[1] >= 10 and demo.speakers[2] >= 10
+    assert demo.mixtures[0] >= 5000 and demo.labelled_fraction == 0.1
+    spatial = make_config("demo-spatial")
+    assert spatial.reverb and spatial.n_mics == 4
