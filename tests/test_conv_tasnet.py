@@ -302,3 +302,12 @@ def test_training_separates_two_tones():
         test_loss, _ = pit(model(mixture), test)
     si_snr_after = -test_loss.mean()
     assert si_snr_after - baseline > 15.0, (float(baseline), float(si_snr_after))
+
+
+@pytest.mark.parametrize("norm, causal", [("gLN", False), ("cLN", True)])
+def test_trains_under_cpu_bfloat16_autocast(norm, causal):
+    model = ConvTasNet.from_preset("tiny", norm=norm, causal=causal)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 1000))
+    out.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -60,6 +60,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _EPS = 1e-8
+# The hand-written backward passes below are CPU-only; under CPU autocast they run in float32.
+_fp32_under_autocast = torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+_backward_under_autocast = torch.amp.custom_bwd(device_type="cpu")
 
 
 class CumulativeLayerNorm(nn.Module):
@@ -95,11 +98,13 @@ class _PReLUFunction(torch.autograd.Function):
     takes 3-4x longer on CPU (measured at (4, 128, 4000) and (1, 512, 4000), one thread)."""
 
     @staticmethod
+    @_fp32_under_autocast
     def forward(ctx: Any, x: Tensor, a: Tensor) -> Tensor:
         ctx.save_for_backward(x, a)
         return F.prelu(x, a)
 
     @staticmethod
+    @_backward_under_autocast
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
         return _prelu_backward(grad, *ctx.saved_tensors)
 
@@ -127,6 +132,7 @@ class _PReLUGroupNormFunction(torch.autograd.Function):
     activation memory). Uses torch's fused group-norm kernels and the fast PReLU backward."""
 
     @staticmethod
+    @_fp32_under_autocast
     def forward(ctx: Any, x: Tensor, a: Tensor, gamma: Tensor, beta: Tensor, eps: float):
         n, c = x.shape[0], x.shape[1]
         y = F.prelu(x, a)  # (batch, C, K), freed after the norm
@@ -137,6 +143,7 @@ class _PReLUGroupNormFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_backward_under_autocast
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
         x, a, gamma, mean, rstd = ctx.saved_tensors
         n, c = x.shape[0], x.shape[1]
@@ -173,12 +180,14 @@ class _DepthwiseFunction(torch.autograd.Function):
     while its forward is fast, so the forward is torch's."""
 
     @staticmethod
+    @_fp32_under_autocast
     def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor, dilation: int, pad: tuple[int, int]):
         ctx.save_for_backward(x, w)
         ctx.dilation, ctx.left = dilation, pad[0]
         return F.conv1d(F.pad(x, pad), w, b, dilation=dilation, groups=x.shape[1])
 
     @staticmethod
+    @_backward_under_autocast
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         x, w = ctx.saved_tensors  # x (batch, H, K), w (H, 1, P)
         frames = x.shape[-1]
