@@ -303,7 +303,7 @@ def plot_active_outputs(run: dict[str, Any], out: Path) -> Path | None:
     if not systems:
         return None
     top = max(int(r.get("n_outputs") or 1) for _, r in systems)
-    counts = np.arange(0, top + 1)
+    counts = np.arange(1, top + 1)
     width = 0.8 / len(systems)
     figure = _figure(7, 3.5)
     ax = figure.subplots()
