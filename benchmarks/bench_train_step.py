@@ -102,7 +102,7 @@ def worker(args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - start)
     result = {
         "params": sum(p.numel() for p in model.parameters()),
-        "seconds_per_step": statistics.median(times),
+        "step_seconds": times,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_before_mib": rss_before,
     }
@@ -149,7 +149,8 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=0, help="timed steps (0: by size)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per round (0: by size)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs per side")
     parser.add_argument("--checkpointing", action="store_true", help="also time tsmixit+ckpt")
     parser.add_argument("--worker", choices=["tsmixit", "asteroid"], help=argparse.SUPPRESS)
     parser.add_argument("--hparams", help=argparse.SUPPRESS)
@@ -164,7 +165,8 @@ def main() -> None:
 
     print(
         f"Conv-TasNet train step, {SECONDS:g} s at {SAMPLE_RATE} Hz, {N_SOURCES} sources, "
-        f"{args.threads} thread(s), torch {torch.__version__}; median of timed steps"
+        f"{args.threads} thread(s), torch {torch.__version__}; "
+        f"median of {args.rounds} alternating rounds' timed steps"
     )
     header = (
         f"{'preset':7} {'batch':>5} {'impl':15} {'params':>10} {'s/step':>8} "
@@ -176,16 +178,29 @@ def main() -> None:
         hp = PRESETS[preset]
         for batch in args.batches:
             big = preset in ("paper", "authors")
-            steps = args.steps or (3 if big else 10)
+            steps = args.steps or (2 if big else 5)
             sides = [("tsmixit", sys.executable, False)]
             if args.checkpointing:
                 sides.append(("tsmixit+ckpt", sys.executable, True))
             if args.asteroid_python:
                 sides.append(("asteroid", args.asteroid_python, False))
+            # Rounds alternate the sides' order, so that a shared machine's changing load
+            # falls on all of them alike; every round is a fresh process per side.
+            runs: dict[str, list[dict]] = {name: [] for name, _, _ in sides}
+            for round_ in range(args.rounds):
+                for name, python, ckpt in sides[:: 1 if round_ % 2 == 0 else -1]:
+                    impl = "asteroid" if name == "asteroid" else "tsmixit"
+                    runs[name].append(
+                        run_config(python, impl, hp, batch, steps, 1, args.threads, ckpt)
+                    )
             results = {}
-            for name, python, ckpt in sides:
-                impl = "asteroid" if name == "asteroid" else "tsmixit"
-                r = run_config(python, impl, hp, batch, steps, 1, args.threads, ckpt)
+            for name, rs in runs.items():
+                r = {
+                    "params": rs[0]["params"],
+                    "seconds_per_step": statistics.median(t for x in rs for t in x["step_seconds"]),
+                    "peak_rss_mib": max(x["peak_rss_mib"] for x in rs),
+                    "rss_before_mib": min(x["rss_before_mib"] for x in rs),
+                }
                 results[name] = r
                 throughput = batch * SECONDS / r["seconds_per_step"]
                 print(
