@@ -18,17 +18,20 @@ Signal flow for a mixture x (batch, T) with C = n_sources outputs:
     m = separator(w)                         (batch, C, N, K) masks
     s_hat_c = decoder(m_c * w)               (batch, C, T)
 
-The multi-channel model (Zhang, Zorila, Doddipatla & Barker, the TS-MixIT authors' group)
-adds a spatial encoder: a 2-D convolution with S filters over (microphones x time), kernel
+The multi-channel model, in the style of the TS-MixIT authors' group (docs/method.md), adds
+a spatial encoder: a 2-D convolution with S filters over (microphones x time), kernel
 (n_channels, L), hop (1, L/2). Its output is concatenated with the reference microphone's
 (mic 0) encoder output before the separator's bottleneck; the masks still apply to the
 reference representation, so the outputs are the source images at mic 0.
 
-Training speed on CPU: gLN is ``torch.nn.functional.group_norm`` with one group (the same
-normalisation over channels and frames, one fused kernel with a fused backward, instead of
-the half-dozen elementwise passes of a literal implementation), the skip paths accumulate in
-place, the last block has no (unused) residual convolution, and ``checkpointing=True``
-recomputes each repeat in the backward pass to trade time for activation memory.
+Training speed and memory on CPU (see benchmarks/bench_train_step.py): gLN is torch's fused
+group-norm kernel with one group; each PReLU + gLN pair keeps only the PReLU input for the
+backward pass and recomputes the PReLU there (4 instead of 6 activations kept per block);
+PReLU and the depthwise convolutions have hand-written CPU backward passes (torch's generic
+ones are 2-4x slower there); the skip paths accumulate in place; the last block has no
+residual convolution (its output would be unused); ``checkpointing=True`` recomputes each
+repeat in the backward pass to trade time for activation memory. Inference, export and GPU
+use plain torch operations.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ MaskActivation = Literal["relu", "sigmoid", "softmax"]
 Consistency = Literal["uniform", "energy"] | None
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Table IV's best non-causal system: about 5.05 M parameters, 15.3 dB SI-SNRi on WSJ0-2mix.
+    # The paper's best non-causal system (15.3 dB SI-SNRi on WSJ0-2mix): 4.98 M parameters
+    # here, 5.05 M in the original, which keeps the last block's unused residual conv.
     "paper": {"N": 512, "L": 16, "B": 128, "H": 512, "P": 3, "X": 8, "R": 3},
     # The TS-MixIT authors' code (defaults inherited from their toolkit).
     "authors": {"N": 256, "L": 20, "B": 256, "H": 512, "P": 3, "X": 8, "R": 4},
@@ -341,7 +345,8 @@ class ConvTasNet(nn.Module):
         consistency: None, or mixture consistency ("uniform" or "energy" weights) projecting
             the outputs so that they sum to the mixture (at mic 0 for several microphones).
         n_channels: microphones; >= 2 adds the spatial encoder.
-        S: spatial encoder filters (used only when n_channels >= 2).
+        S: spatial encoder filters (used only when n_channels >= 2); their outputs pass a
+            ReLU like the 1-D encoder's (our choice: the description names no nonlinearity).
         checkpointing: recompute each repeat in the backward pass (less memory, ~30 % slower).
 
     ``forward`` takes (batch, time) or (batch, n_channels, time) of any length >= 1 and returns
