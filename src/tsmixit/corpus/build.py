@@ -32,7 +32,6 @@ from tsmixit.corpus.grammar import SentenceGrammar
 from tsmixit.corpus.mixing import (
     NOISE_TYPES,
     MixturePlan,
-    fit,
     make_noise,
     mixture_gains,
     sample_plans,
@@ -394,7 +393,7 @@ def _row(config: CorpusConfig, out_dir: Path, split: str, i: int, plan: MixtureP
         return None if bank is None else bank.rir_index(plan.room, plan.positions[position])
 
     def img(x: np.ndarray, r: int | None) -> np.ndarray:  # (C, N)
-        return fit(image(x, None if r is None else bank.rirs[r].astype(np.float64), C), N)
+        return image(x, None if r is None else bank.rirs[r], C, N)
 
     speakers = [u.rsplit("_", 1)[0] for u in plan.utterances]
     rirs = [rir(s) for s in range(len(plan.utterances))]

@@ -80,14 +80,6 @@ def sample_plans(
     return plans
 
 
-def fit(x: np.ndarray, num_frames: int) -> np.ndarray:
-    """Truncate or zero-pad the last axis to `num_frames`."""
-    if x.shape[-1] >= num_frames:
-        return x[..., :num_frames]
-    pad = [(0, 0)] * (x.ndim - 1) + [(0, num_frames - x.shape[-1])]
-    return np.pad(x, pad)
-
-
 def mixture_gains(
     sources: list[np.ndarray],
     levels_db: tuple[float, ...],

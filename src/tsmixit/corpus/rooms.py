@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyroomacoustics as pra
-from scipy.signal import oaconvolve
+from scipy import fft as sp_fft
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,26 @@ def make_room_bank(rng: np.random.Generator, n_rooms: int, sample_rate: int, n_m
                     positions)
 
 
-def image(audio: np.ndarray, rir: np.ndarray | None, n_channels: int) -> np.ndarray:
-    """The image of a dry source (T,) at the microphones: (C, T + L - 1) after convolution
-    with an RIR (C, L); without one, the dry signal on every channel (C, T)."""
+def image(audio: np.ndarray, rir: np.ndarray | None, n_channels: int,
+          num_frames: int) -> np.ndarray:
+    """The first `num_frames` samples of a dry source's (T,) image at the microphones,
+    (C, num_frames): the convolution with an RIR (C, L), or without one the dry signal on
+    every channel; zero-padded when shorter.
+
+    Only the first N samples are needed, so the source is cut to N before one FFT and all
+    C channels share it (FFT length >= N + L - 1: no circular wrap-around). Computed in
+    float32 (twice as fast; the result serves only to set gains, relative error ~1e-7).
+    """
+    x = audio[:num_frames]
     if rir is None:
-        return np.broadcast_to(audio, (n_channels, audio.shape[-1]))
-    return oaconvolve(audio[None, :], rir, axes=-1)  # (C, T + L - 1)
+        out = np.zeros((n_channels, num_frames))
+        out[:, : len(x)] = x
+        return out
+    n_fft = sp_fft.next_fast_len(len(x) + rir.shape[-1] - 1, real=True)
+    spectrum = sp_fft.rfft(x.astype(np.float32), n_fft) * sp_fft.rfft(
+        rir.astype(np.float32), n_fft, axis=-1)  # (C, F)
+    full = sp_fft.irfft(spectrum, n_fft, axis=-1)  # (C, n_fft)
+    out = np.zeros((n_channels, num_frames))
+    n = min(num_frames, len(x) + rir.shape[-1] - 1)
+    out[:, :n] = full[:, :n]
+    return out
