@@ -237,9 +237,8 @@ def synthesize_speaker(home: str, speaker: Speaker, utterances: list[Utterance],
     return frames
 
 
-def _speaker_task(args: tuple) -> tuple[str, list[int]]:
-    home, speaker, utterances, sample_rate, seed = args
-    return speaker.id, synthesize_speaker(home, speaker, utterances, sample_rate, seed)
+def _speaker_task(args: tuple) -> list[int]:
+    return synthesize_speaker(*args)
 
 
 def synthesize_all(
@@ -256,13 +255,16 @@ def synthesize_all(
 
     if not jobs:
         return
+    if _ENGINE is not None:
+        raise TsmixitError("eSpeak NG already synthesised in this process; forked workers "
+                           "would inherit its state: build corpora from a fresh process")
     ctx = mp.get_context("fork")  # a child per speaker, forked from a parent that never synthesises
     total = sum(len(u) for _, u, _ in jobs)
     with espeak_home([s for s, _, _ in jobs]) as home, tqdm(
         total=total, desc="synthesising speech", unit="utt", disable=not progress
     ) as bar, ctx.Pool(min(workers, len(jobs)), maxtasksperchild=1) as pool:
         tasks = [(str(home), s, u, sample_rate, seed) for s, u, seed in jobs]
-        for _, frames in pool.imap_unordered(_speaker_task, tasks):
+        for frames in pool.imap_unordered(_speaker_task, tasks):
             bar.update(len(frames))
 
 
