@@ -135,3 +135,16 @@ def test_multichannel_recipe_with_its_single_channel_companion(tmp_path):
     if HAS_REPORT:
         report = (tmp_path / "run" / "report.md").read_text()
         assert "mic0" in report
+
+
+def test_quick_config_caps_every_budget():
+    from tsmixit.training.config import BUDGET_STAGES, stage_budget
+    from tsmixit.training.recipe import QUICK, quick_config
+
+    config = load_config(Path(__file__).parent.parent / "configs" / "demo.yaml")
+    quick = quick_config(config)
+    for stage in BUDGET_STAGES:
+        budget = stage_budget(quick, stage)
+        assert (budget.max_steps, budget.max_minutes) == (QUICK["steps"], None)
+    assert quick.model.preset == "tiny" and config.model.preset == "small"  # not mutated
+    assert stage_budget(config, "teacher").max_minutes == 5.0
