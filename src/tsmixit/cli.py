@@ -86,7 +86,16 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tsmixit.evaluation.metrics import evaluate_path
 
-    result = evaluate_path(args.model, args.data, k=args.k, split=args.split, json_out=args.json)
+    result = evaluate_path(
+        args.model,
+        args.data,
+        k=args.k,
+        split=args.split,
+        json_out=args.json,
+        batch_size=args.batch_size,
+        active_threshold_db=args.active_threshold_db,
+        progress=not args.no_progress,
+    )
     print(json.dumps(result["mean"], indent=2))
     return 0
 
@@ -102,10 +111,12 @@ def cmd_separate(args: argparse.Namespace) -> int:
         args.out,
         chunk_seconds=args.chunk_seconds,
         overlap_seconds=args.overlap_seconds,
+        allow_upsampling=args.allow_upsampling,
+        subtype=args.subtype,
     )
     failures = [r for r in results if r.get("error")]
     for failure in failures:
-        print(f"FAILED {failure['input']}: {failure['error']}", file=sys.stderr)
+        print(f"FAILED {failure['error']}", file=sys.stderr)
     print(f"separated {len(results) - len(failures)} of {len(results)} files into {args.out}")
     return 1 if failures else 0
 
@@ -113,15 +124,15 @@ def cmd_separate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from tsmixit.evaluation.report import write_report
 
-    print(f"report written: {write_report(Path(args.run_dir))}")
+    print(f"report written: {write_report(Path(args.run_dir), compare=args.compare)}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tsmixit.model_files import export_onnx, load_model
 
-    export_onnx(load_model(args.model), args.onnx)
-    print(f"ONNX model written: {args.onnx}")
+    check = export_onnx(load_model(args.model), args.onnx)
+    print(f"ONNX model written: {args.onnx} (max |onnx - torch| = {check['max_abs_diff']:.2e})")
     return 0
 
 
@@ -161,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--k", type=int, default=2, help="number of reference sources")
     evaluate.add_argument("--json", type=Path, default=None)
+    evaluate.add_argument("--batch-size", type=int, default=4)
+    evaluate.add_argument("--active-threshold-db", type=float, default=-20.0,
+                          help="an output is active above this share of the total energy")
+    evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate)
 
     separate = sub.add_parser("separate", help="separate audio files or folders")
@@ -169,10 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("--out", required=True, type=Path)
     separate.add_argument("--chunk-seconds", type=float, default=8.0)
     separate.add_argument("--overlap-seconds", type=float, default=1.0)
+    separate.add_argument("--allow-upsampling", action="store_true",
+                          help="accept inputs below the model's sample rate")
+    separate.add_argument("--subtype", default="FLOAT", choices=("FLOAT", "PCM_16", "PCM_24"))
     separate.set_defaults(func=cmd_separate)
 
     report = sub.add_parser("report", help="write the results report of a run folder")
     report.add_argument("run_dir", type=Path)
+    report.add_argument("--compare", nargs="+", type=Path, default=None,
+                        help="other run folders to compare with (e.g. single- vs multi-channel)")
     report.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="export a model to ONNX")
