@@ -387,3 +387,12 @@ def test_file_with_unexpected_channel_count_is_refused_on_load(tmp_path):
     manifest = Manifest([_good_row()], root=tmp_path)
     with pytest.raises(AudioError, match=r"m\.wav: has 2 channel\(s\), expected 1"):
         manifest.load_mixture(0)
+
+
+def test_wsj0_2mix_single_split_folder_is_a_test_set(tmp_path):
+    base = _wsj_tree(tmp_path, splits=("tt",), n=3)
+    manifest = import_wsj0_2mix(base / "tt")
+    assert [row["split"] for row in manifest.rows] == ["test"] * 3
+    assert all(row["labelled"] for row in manifest.rows)
+    mix, _ = sf.read(base / "tt" / "mix" / "tt_01.wav", dtype="float32")
+    np.testing.assert_allclose(manifest.load_mixture(1)[0], mix)

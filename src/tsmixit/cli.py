@@ -65,7 +65,13 @@ def cmd_corpus_import(args: argparse.Namespace) -> int:
         "spatialized-wsj0-2mix": mf.import_spatialized_wsj0_2mix,
         "folder": mf.import_folder,
     }
-    manifest = importers[args.kind](args.path, **options)
+    if args.kind == "librimix":
+        source = args.paths  # one metadata CSV per split
+    elif len(args.paths) == 1:
+        source = args.paths[0]
+    else:
+        raise TsmixitError(f"corpus import {args.kind} takes one folder, got {len(args.paths)}")
+    manifest = importers[args.kind](source, **options)
     manifest.save(args.out)
     print(f"{len(manifest)} mixtures -> {args.out}")
     return 0
@@ -151,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_corpus_build)
     imp = corpus_sub.add_parser("import", help="write a manifest for a corpus on disk")
     imp.add_argument("kind", choices=IMPORT_KINDS)
-    imp.add_argument("path", type=Path)
+    imp.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                     help="the corpus folder (LibriMix: one or more metadata CSVs)")
     imp.add_argument("--out", required=True, type=Path, help="manifest (.jsonl) to write")
     imp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="importer options, e.g. sample_rate=8000 mode=min channels=[0,1]")

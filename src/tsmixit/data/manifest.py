@@ -479,6 +479,7 @@ def import_wsj0_2mix(
     path: the folder holding tr/cv/tt (e.g. .../wav8k/min), or one above it (wav8k, the
     corpus root, or a root with `2speakers/`); then `sample_rate` (default: 8000 if present,
     else 16000) and `mode` (default: "min" if present, else "max") pick the sub-folder.
+    A folder holding mix/ (and s1/, s2/) directly is imported as one test split.
     tr -> train, cv -> valid, tt -> test. Split folders without s1/... give unlabelled rows.
     labelled_fraction: share of the train mixtures whose sources are visible (seeded);
     valid/test rows are labelled whenever they have sources. Files must be mono.
@@ -517,11 +518,16 @@ def _import_wsj(
     spatial: bool,
 ) -> Manifest:
     _check_fraction(labelled_fraction, "labelled_fraction")
-    root = _find_wsj_root(Path(path), sample_rate, mode, spatial)
+    if (Path(path) / "mix").is_dir():
+        # One split folder given directly (mix/, s1/, s2/): a test set.
+        root, split_dirs = Path(path), {"test": Path(path)}
+    else:
+        root = _find_wsj_root(Path(path), sample_rate, mode, spatial)
+        split_dirs = {split: root / short for short, split in _WSJ_SPLITS.items()}
     rows: list[dict[str, Any]] = []
     rate = sample_rate
-    for short, split in _WSJ_SPLITS.items():
-        split_dir = root / short
+    for split, split_dir in split_dirs.items():
+        short = split_dir.name
         if not split_dir.is_dir():
             continue
         mix_dir = split_dir / "mix"
