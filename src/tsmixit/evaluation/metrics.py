@@ -21,11 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import fast_bss_eval
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from torchmetrics.functional.audio import signal_distortion_ratio
 from tqdm import tqdm
 
 from tsmixit.audio import resample
@@ -35,7 +34,7 @@ from tsmixit.files import write_json_atomic
 from tsmixit.losses import mixit_assignments, pit, reorder, si_snr
 from tsmixit.model_files import Separator, load_model
 
-#: SDR of a silent estimate is -inf; it is floored here so that means stay finite.
+#: SDR of a silent estimate is -inf; it is clamped to +-100 dB so that means stay finite.
 SDR_FLOOR_DB = -100.0
 #: Diagonal loading of BSS-eval's filter system (signals normalised to unit energy): a
 #: perfect estimate scores about 100 dB instead of NaN; ordinary values move < 1e-3 dB.
@@ -95,17 +94,17 @@ def oracle_grouping(est: Tensor, ref: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def sdr_best_permutation(est: Tensor, ref: Tensor) -> Tensor:
-    """BSS-eval SDR (torchmetrics, float64) of each reference with the estimate of the best
-    one-to-one pairing (maximum summed SDR): est (k, T), ref (k, T) -> (k,) dB."""
-    k = ref.shape[0]
-    e = est.double().unsqueeze(1).expand(k, k, -1)  # (k_est, k_ref, T)
-    y = ref.double().unsqueeze(0).expand(k, k, -1)  # (k_est, k_ref, T)
-    pair = signal_distortion_ratio(e, y, load_diag=SDR_LOAD_DIAG)  # (k_est, k_ref)
-    pair = pair.clamp_min(SDR_FLOOR_DB)
-    rows, cols = linear_sum_assignment(pair.numpy(), maximize=True)
-    out = torch.empty(k, dtype=torch.float64)
-    out[torch.as_tensor(cols)] = pair[torch.as_tensor(rows), torch.as_tensor(cols)]
-    return out
+    """BSS-eval SDR of each reference with the estimate of the best one-to-one pairing
+    (maximum summed SDR): est (k, T), ref (k, T) -> (k,) dB.
+
+    fast-bss-eval's NumPy/SciPy backend on float64: torch 2.13's batched LU solve on the CPU
+    returns invalid pivots with more than one thread, which breaks the torch backends of both
+    fast-bss-eval and torchmetrics.
+    """
+    sdr = fast_bss_eval.sdr(
+        ref.double().numpy(), est.double().numpy(), load_diag=SDR_LOAD_DIAG, clamp_db=-SDR_FLOOR_DB
+    )  # (k,), each reference with its best-permuted estimate
+    return torch.from_numpy(np.asarray(sdr, dtype=np.float64))
 
 
 def _quality_metrics() -> dict[str, Callable[[np.ndarray, np.ndarray, int], float]]:
