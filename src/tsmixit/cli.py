@@ -153,21 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--preset", default="demo")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--materialize", action="store_true", help="also write WSJ0-2mix folders")
-    build.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    build.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     build.set_defaults(func=cmd_corpus_build)
     imp = corpus_sub.add_parser("import", help="write a manifest for a corpus on disk")
     imp.add_argument("kind", choices=IMPORT_KINDS)
     imp.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                      help="the corpus folder (LibriMix: one or more metadata CSVs)")
     imp.add_argument("--out", required=True, type=Path, help="manifest (.jsonl) to write")
-    imp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    imp.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                      help="importer options, e.g. sample_rate=8000 mode=min channels=[0,1]")
     imp.set_defaults(func=cmd_corpus_import)
 
     recipe = sub.add_parser("recipe", help="run the TS-MixIT recipe (all stages)")
     recipe.add_argument("--config", required=True, type=Path)
     recipe.add_argument("--run-dir", default="runs/demo")
-    recipe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    recipe.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     recipe.add_argument("--stages", nargs="+", default=None, help="run only these stages")
     recipe.add_argument("--fresh", action="store_true", help="discard the run folder first")
     recipe.add_argument("--quick", action="store_true", help="a ~3 minute version")
