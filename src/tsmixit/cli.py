@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from tsmixit.errors import TsmixitError
@@ -82,11 +83,37 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     from tsmixit.training.recipe import run_recipe
 
     config = load_config(args.config, args.set)
+    started = time.monotonic()
     summary = run_recipe(
         config, Path(args.run_dir), fresh=args.fresh, stages=args.stages, quick=args.quick
     )
-    print(json.dumps(summary, indent=2, default=str))
+    print(_recipe_summary(summary, time.monotonic() - started))
     return 0
+
+
+def _recipe_summary(summary: dict, wall_seconds: float) -> str:
+    """The short text printed at the end of `tsmixit recipe`: time per stage, the results
+    table and the paper's claims as measured (all read from the run folder's report)."""
+    lines = ["", "stage                  steps   seconds"]
+    for name, stage in summary.get("stages", {}).items():
+        seconds = stage.get("train_seconds", 0)
+        lines.append(f"{name:<22} {stage.get('steps', ''):>6} {seconds:>9.0f}")
+    lines.append(f"{'whole run (this call)':<29} {wall_seconds:>9.0f}")
+    report = Path(summary["run_dir"]) / "report.json"
+    if report.exists():
+        results = json.loads(report.read_text())
+        lines += ["", f"{'system':<44} {'SI-SNRi':>8} {'SDRi':>8} {'active':>7}"]
+        for row in results["rows"]:
+            label = row["label"] + (f" [{row['run']}]" if row.get("run") else "")
+            lines.append(f"{label:<44} {row['si_snri']:>8.2f} {row['sdri']:>8.2f} "
+                         f"{row['active_outputs']:>7.2f}")
+        lines.append("")
+        lines += [f"{c['status']:>13}: {c['claim']} ({c['detail']})" for c in results["claims"]]
+        lines.append(f"\nreport: {summary.get('report')}")
+    if summary.get("model"):
+        lines.append(f"model:  {summary['model']}   (tsmixit separate --model {summary['model']} "
+                     "FILE --out DIR)")
+    return "\n".join(lines)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
