@@ -23,10 +23,17 @@ IMPORT_KINDS = ("wsj0-2mix", "librimix", "spatialized-wsj0-2mix", "folder")
 
 
 def _parse_value(text: str):
-    """Parse a `--set key=value` value as YAML so that numbers and booleans keep their type."""
+    """Parse a `--set key=value` value as YAML so that numbers, booleans and lists keep their
+    type; numbers such as `5e-4`, which YAML 1.1 reads as strings, become floats."""
     import yaml
 
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _overrides(pairs: list[str]) -> dict:
