@@ -17,6 +17,7 @@ import yaml
 
 from tsmixit.data.manifest import Manifest
 from tsmixit.errors import CheckpointError, TrainingError
+from tsmixit.evaluation.metrics import active_output_count
 from tsmixit.training import systems
 from tsmixit.training.config import load_config
 from tsmixit.training.recipe import load_separator, run_recipe
@@ -170,7 +171,7 @@ def test_top_k_and_active_outputs_by_hand():
     est[0, 3] = 2.0
     top = systems.top_k_by_energy(est, 2)
     assert torch.equal(top[0], est[0, [3, 1]])
-    assert systems.active_outputs(est, -20.0).tolist() == [3]
+    assert active_output_count(est, -20.0).tolist() == [3]
 
 
 def test_oracle_grouping_beats_top_k_on_over_separation():

@@ -50,15 +50,17 @@ MEAN_KEYS = (
 
 
 def top_k_outputs(est: Tensor, k: int) -> Tensor:
-    """Indices of the k most energetic outputs, most energetic first: (M, T) -> (k,)."""
-    return est.double().pow(2).sum(dim=-1).argsort(descending=True, stable=True)[:k]
+    """Indices of the k most energetic outputs, most energetic first: (..., M, T) -> (..., k)."""
+    energy = est.double().pow(2).sum(dim=-1)  # (..., M)
+    return energy.argsort(dim=-1, descending=True, stable=True)[..., :k]
 
 
-def active_output_count(est: Tensor, threshold_db: float = -20.0) -> int:
-    """Outputs whose energy share E_m / sum_m E_m exceeds `threshold_db`: (M, T) -> int."""
-    energy = est.double().pow(2).sum(dim=-1)  # (M,)
-    share = energy / energy.sum().clamp_min(1e-20)  # (M,)
-    return int((share > 10.0 ** (threshold_db / 10.0)).sum())
+def active_output_count(est: Tensor, threshold_db: float = -20.0) -> Tensor:
+    """Over-separation count: outputs whose energy share E_m / sum_m E_m exceeds
+    `threshold_db`: (..., M, T) -> (...,) long."""
+    energy = est.double().pow(2).sum(dim=-1)  # (..., M)
+    share = energy / energy.sum(dim=-1, keepdim=True).clamp_min(1e-20)  # (..., M)
+    return (share > 10.0 ** (threshold_db / 10.0)).sum(dim=-1)
 
 
 def oracle_grouping(est: Tensor, ref: Tensor, eps: float = 1e-8) -> Tensor:
@@ -175,7 +177,7 @@ def score_mixture(
         "sdr_oracle": float(sdr_or.mean()),
         "si_snri_oracle": float((si_or - si_mix).mean()),
         "sdri_oracle": float((sdr_or - sdr_mix).mean()),
-        "active_outputs": active_output_count(est, active_threshold_db),
+        "active_outputs": int(active_output_count(est, active_threshold_db)),
         "topk_outputs": top[perm[0]].tolist(),
         "oracle_groups": A.argmax(dim=0).tolist(),
     }

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from tsmixit.errors import TrainingError
+from tsmixit.evaluation.metrics import active_output_count, top_k_outputs
 from tsmixit.losses import mixit, mixit_assignments, pit, si_snr
 from tsmixit.models.conv_tasnet import ConvTasNet
 
@@ -38,24 +39,11 @@ def model_input(mixture: Tensor, n_channels: int) -> Tensor:
     return mixture[:, :n_channels]
 
 
-def energy_order(est: Tensor) -> Tensor:
-    """Indices of the outputs by decreasing energy: (B, M, T) -> (B, M) long."""
-    return est.pow(2).sum(dim=-1).argsort(dim=-1, descending=True, stable=True)
-
-
 def top_k_by_energy(est: Tensor, k: int) -> Tensor:
     """The k most energetic outputs, most energetic first: (B, M, T) -> (B, k, T).
     These are the pseudo-targets; the other M - k outputs are discarded, not merged."""
-    idx = energy_order(est)[:, :k]  # (B, k)
+    idx = top_k_outputs(est, k)  # (B, k)
     return est.gather(1, idx.unsqueeze(-1).expand(-1, -1, est.shape[-1]))
-
-
-def active_outputs(est: Tensor, threshold_db: float = -20.0) -> Tensor:
-    """Over-separation count: outputs holding more than `threshold_db` of the total output
-    energy, per mixture: (B, M, T) -> (B,) long."""
-    energy = est.double().pow(2).sum(dim=-1)  # (B, M)
-    share = energy / energy.sum(dim=-1, keepdim=True).clamp_min(1e-12)  # (B, M)
-    return (share > 10.0 ** (threshold_db / 10.0)).sum(dim=-1)
 
 
 def si_snri_pit(est: Tensor, sources: Tensor, mixture: Tensor) -> Tensor:
@@ -313,7 +301,7 @@ class PseudoLabeller(L.LightningModule):
         mixture = batch["mixture"]  # (B, C, T)
         est = self.teacher(model_input(mixture, self.teacher.n_channels))  # (B, M, T)
         top = top_k_by_energy(est, self.k).float().cpu().numpy()  # (B, k, T)
-        active = active_outputs(est, self.threshold_db).cpu().tolist()  # (B,)
+        active = active_output_count(est, self.threshold_db).cpu().tolist()  # (B,)
         energy = est.double().pow(2).sum(dim=-1)  # (B, M)
         share_db = (10 * torch.log10(energy / energy.sum(-1, keepdim=True) + 1e-30)).cpu()
         for b, index in enumerate(batch["index"].tolist()):
