@@ -111,8 +111,7 @@ def _recipe_summary(summary: dict, wall_seconds: float) -> str:
         results = json.loads(report.read_text())
         lines += ["", f"{'system':<44} {'SI-SNRi':>8} {'SDRi':>8} {'active':>7}"]
         for row in results["rows"]:
-            label = row["label"] + (f" [{row['run']}]" if row.get("run") else "")
-            lines.append(f"{label:<44} {row['si_snri']:>8.2f} {row['sdri']:>8.2f} "
+            lines.append(f"{row['label']:<44} {row['si_snri']:>8.2f} {row['sdri']:>8.2f} "
                          f"{row['active_outputs']:>7.2f}")
         lines.append("")
         lines += [f"{c['status']:>13}: {c['claim']} ({c['detail']})" for c in results["claims"]]
