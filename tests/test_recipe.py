@@ -146,5 +146,10 @@ def test_quick_config_caps_every_budget():
     for stage in BUDGET_STAGES:
         budget = stage_budget(quick, stage)
         assert (budget.max_steps, budget.max_minutes) == (QUICK["steps"], None)
-    assert quick.model.preset == "tiny" and config.model.preset == "small"  # not mutated
-    assert stage_budget(config, "teacher").max_minutes == 5.0
+    assert quick.data.segment_seconds == QUICK["segment_seconds"]
+    assert config.data.segment_seconds == 2.0  # not mutated
+    assert stage_budget(config, "teacher").max_steps == 2000
+    # Distillation students have their own budget; without one they take the student's.
+    assert stage_budget(config, "distill").max_steps == 600
+    config.stages.distill.max_steps = None
+    assert stage_budget(config, "distill") == stage_budget(config, "student")

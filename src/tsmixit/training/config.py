@@ -119,6 +119,12 @@ class LabelStage:
 class DistillStage:
     rounds: int = 1
     init: Literal["teacher", "scratch"] = "teacher"
+    # Budget of each round's student (its fine-tuning is the finetune stage's); all None:
+    # the student stage's budget. A student started from the fine-tuned student needs fewer.
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    max_minutes: float | None = None
+    lr: float | None = None
 
 
 @dataclass
@@ -155,7 +161,9 @@ class RecipeConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-BUDGET_STAGES = ("teacher", "student", "finetune", "supervised_full", "supervised_fraction")
+BUDGET_STAGES = (
+    "teacher", "student", "finetune", "distill", "supervised_full", "supervised_fraction",
+)
 
 
 @dataclass(frozen=True)
@@ -171,12 +179,14 @@ class Budget:
 def stage_budget(config: RecipeConfig, name: str) -> Budget:
     """The budget of training stage `name` (one of BUDGET_STAGES): its own fields where set,
     else the train section's."""
-    stage: StageBudget = getattr(config.stages, name)
-    train = config.train
+    stage: StageBudget | DistillStage = getattr(config.stages, name)
+    t = config.train
+    fallback = (stage_budget(config, "student") if name == "distill"
+                else Budget(t.max_steps, t.max_epochs, t.max_minutes, t.lr))
     own = (stage.max_steps, stage.max_epochs, stage.max_minutes)
     steps, epochs, minutes = own if any(v is not None for v in own) else (
-        train.max_steps, train.max_epochs, train.max_minutes)
-    return Budget(steps, epochs, minutes, stage.lr if stage.lr is not None else train.lr)
+        fallback.max_steps, fallback.max_epochs, fallback.max_minutes)
+    return Budget(steps, epochs, minutes, stage.lr if stage.lr is not None else fallback.lr)
 
 
 # ---------------------------------------------------------------------------------------
@@ -313,9 +323,10 @@ def _check(config: RecipeConfig) -> None:
         for name in ("max_steps", "max_epochs", "max_minutes", "lr"):
             positive(f"stages.{stage}.{name}", getattr(budget, name))
         resolved = stage_budget(config, stage)
-        if budget.enabled and (resolved.max_steps, resolved.max_epochs, resolved.max_minutes) == (
+        unbounded = (resolved.max_steps, resolved.max_epochs, resolved.max_minutes) == (
             None, None, None,
-        ):
+        )
+        if getattr(budget, "enabled", True) and unbounded:
             raise ConfigError(
                 f"stage {stage!r} has no training budget: set train.max_steps, "
                 f"train.max_epochs or train.max_minutes (or stages.{stage}.max_steps ...)"

@@ -519,6 +519,8 @@ class Recipe:
         cfg, t, d = self.config, self.config.train, self.config.data
         family = {"teacher": "teacher", "student": "student", "finetune": "finetune"}.get(
             stage.kind, stage.name)
+        if stage.name.startswith("distill") and stage.kind == "student":
+            family = "distill"
         budget = stage_budget(cfg, family)
         L.seed_everything(t.seed, workers=True, verbose=False)
         segment = self._frames(d.segment_seconds)
