@@ -65,3 +65,12 @@ def test_recipe_summary_shows_stage_times_results_and_claims(tmp_path):
     assert "MixIT teacher (top-2)" in text and "4.25" in text and "5.50" in text
     assert "holds: The teacher over-separates" in text
     assert f"tsmixit separate --model {tmp_path / 'model'}" in text
+
+
+def test_unknown_import_option_names_the_valid_ones(tmp_path, capsys):
+    (tmp_path / "tt" / "mix").mkdir(parents=True)
+    code = main(["corpus", "import", "wsj0-2mix", str(tmp_path), "--out",
+                 str(tmp_path / "m.jsonl"), "--set", "labeled_fraction=0.1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "labeled_fraction" in err and "labelled_fraction" in err

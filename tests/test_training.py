@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from tsmixit.data.manifest import Manifest
-from tsmixit.errors import CheckpointError, TrainingError
+from tsmixit.errors import CheckpointError, ConfigError, TrainingError
 from tsmixit.evaluation.metrics import active_output_count
 from tsmixit.training import systems
 from tsmixit.training.config import load_config
@@ -250,3 +250,26 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
     assert len(single) == len(ddp) == 4
     np.testing.assert_allclose(ddp, single, rtol=1e-4, atol=1e-4)
     assert single[0] != single[-1]  # it did train
+
+
+def _rewrite_rows(path: Path, change) -> Path:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        change(row)
+    out = path.parent / "changed.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def test_unusable_corpus_is_refused_before_training(corpus, tmp_path):
+    """Problems a late stage would meet are ConfigErrors naming the key, before any work."""
+    three = _rewrite_rows(corpus, lambda r: r.update(n_speakers=3) if r["split"] == "test"
+                          else None)
+    with pytest.raises(ConfigError, match="model.student_outputs"):
+        run_recipe(load_config(None, tiny_overrides(three)), tmp_path / "a")
+    no_test = _rewrite_rows(corpus, lambda r: r.update(split="valid") if r["split"] == "test"
+                            else None)
+    with pytest.raises(ConfigError, match="eval.split"):
+        run_recipe(load_config(None, tiny_overrides(no_test)), tmp_path / "b")
+    for run in ("a", "b"):
+        assert not (tmp_path / run / "teacher").exists()

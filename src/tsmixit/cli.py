@@ -12,12 +12,13 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
 from pathlib import Path
 
-from tsmixit.errors import TsmixitError
+from tsmixit.errors import ConfigError, TsmixitError
 
 IMPORT_KINDS = ("wsj0-2mix", "librimix", "spatialized-wsj0-2mix", "folder")
 
@@ -79,7 +80,16 @@ def cmd_corpus_import(args: argparse.Namespace) -> int:
         source = args.paths[0]
     else:
         raise TsmixitError(f"corpus import {args.kind} takes one folder, got {len(args.paths)}")
-    manifest = importers[args.kind](source, **options)
+    importer = importers[args.kind]
+    try:
+        inspect.signature(importer).bind(source, **options)
+    except TypeError:
+        allowed = list(inspect.signature(importer).parameters)[1:]  # after the path
+        raise ConfigError(
+            f"corpus import {args.kind}: unknown option in {sorted(options)}; "
+            f"the options are {', '.join(allowed)}"
+        ) from None
+    manifest = importer(source, **options)
     manifest.save(args.out)
     print(f"{len(manifest)} mixtures -> {args.out}")
     return 0
@@ -212,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--k", type=int, default=2, help="number of reference sources")
     evaluate.add_argument("--json", type=Path, default=None)
-    evaluate.add_argument("--batch-size", type=int, default=4)
+    evaluate.add_argument("--batch-size", type=int, default=1,
+                          help="mixtures per forward pass (>1: faster, padding nudges gLN)")
     evaluate.add_argument("--active-threshold-db", type=float, default=-20.0,
                           help="an output is active above this share of the total energy")
     evaluate.add_argument("--no-progress", action="store_true")

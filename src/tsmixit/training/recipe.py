@@ -50,7 +50,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tsmixit.data.datasets import LabelledDataset, MixtureOfMixturesDataset, SegmentDataset
-from tsmixit.data.manifest import Manifest
+from tsmixit.data.manifest import Manifest, has_sources
 from tsmixit.errors import CheckpointError, ConfigError, ManifestError, TrainingError
 from tsmixit.files import write_json_atomic, write_text_atomic
 from tsmixit.models.conv_tasnet import ConvTasNet
@@ -154,8 +154,10 @@ class ResumableSampler(DistributedSampler):
         self.resume_epoch, self.resume_batches = -1, 0
 
     def set_epoch(self, epoch: int) -> None:
+        # Only training data moves with the epoch: validation keeps its epoch-0 crops and
+        # pairings so that every validation (best checkpoint, plateau) scores the same data.
         super().set_epoch(epoch)
-        if hasattr(self.dataset, "set_epoch"):
+        if self.shuffle and hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
     def __iter__(self):
@@ -393,7 +395,32 @@ class Recipe:
                 "disable them (stages.finetune.enabled=false, "
                 "stages.supervised_fraction.enabled=false) or import with a labelled fraction"
             )
+        self._check_before_training(path)
         return manifest
+
+    def _check_before_training(self, path: Path) -> None:
+        """Refuse, before any training, a corpus that a later stage could not use."""
+        k = self.config.model.student_outputs
+        counts = {r["n_speakers"] for r in self.manifest.rows
+                  if r["labelled"] and r.get("n_speakers") is not None}
+        if counts - {k}:
+            raise ConfigError(
+                f"{path}: labelled mixtures hold {sorted(counts)} speakers but the students "
+                f"have model.student_outputs={k} outputs; scoring needs exactly {k} sources: "
+                f"use a corpus of {k}-speaker labelled mixtures or set model.student_outputs"
+            )
+        if any(st.name == "supervised_full" and self._wanted(st.name) for st in self.plan):
+            missing = [r["id"] for r in self.train_rows.rows if not has_sources(r)]
+            if missing:
+                raise ConfigError(
+                    f"{path}: stage supervised_full needs sources for every training mixture; "
+                    f"{len(missing)} have none (e.g. {missing[0]}); set "
+                    "stages.supervised_full.enabled=false"
+                )
+        split = self.config.eval.split
+        if self._wanted("eval") and len(self.manifest.select(split=split)) == 0:
+            raise ConfigError(f"{path}: no mixtures in eval.split={split!r}; set eval.split "
+                              "to a split the manifest has")
 
     # -- fingerprints and stage folders --------------------------------------------------
 
