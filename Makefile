@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
-# The CPU build of torch; a bare `pip install torch` would fetch a multi-GB CUDA build.
+# torch first, pinned: on the reference machines pip takes the CPU build of 2.13.0 from local
+# disk, while an unpinned torch (asked for by another package) would fetch a multi-GB CUDA
+# build. Elsewhere choose your build, e.g.
+#   make demo TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'
 TORCH ?= torch==2.13.0
 
 .PHONY: demo smoke test lint venv clean
@@ -13,7 +16,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 

@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     recipe.add_argument("--stages", nargs="+", default=None, help="run only these stages")
     recipe.add_argument("--fresh", action="store_true", help="discard the run folder first")
-    recipe.add_argument("--quick", action="store_true", help="a ~3 minute version")
+    recipe.add_argument("--quick", action="store_true",
+                        help="the same pipeline at a tiny size (about a minute)")
     recipe.set_defaults(func=cmd_recipe)
 
     evaluate = sub.add_parser("evaluate", help="SI-SNRi/SDRi of a model on a test set")

@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "authors": {"N": 256, "L": 20, "B": 256, "H": 512, "P": 3, "X": 8, "R": 4},
     # About 0.38 M parameters: receptive field about 4 s, usable quality per CPU second.
     "small": {"N": 128, "L": 16, "B": 64, "H": 128, "P": 3, "X": 7, "R": 2},
-    # About 58 k parameters, for tests and smoke runs.
+    # About 56 k parameters (2 outputs), for tests, smoke runs and the CPU demo.
     "tiny": {"N": 32, "L": 16, "B": 32, "H": 64, "P": 3, "X": 4, "R": 2},
 }
 
