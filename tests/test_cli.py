@@ -38,7 +38,7 @@ def test_separate_reports_failures_and_separates_the_rest(tmp_path, capsys):
     sf.write(tmp_path / "in" / "silent.wav", np.zeros(SR, np.float32), SR)
 
     code = main(["separate", "--model", str(tmp_path / "model"), str(tmp_path / "in"),
-                 "--out", str(tmp_path / "out")])
+                 "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert code == 1
     assert "silent.wav" in capsys.readouterr().err
     s1, _ = sf.read(tmp_path / "out" / "good_s1.wav", dtype="float32")
@@ -74,3 +74,17 @@ def test_unknown_import_option_names_the_valid_ones(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "labeled_fraction" in err and "labelled_fraction" in err
+
+
+def test_separate_on_a_device_this_machine_lacks_is_one_clear_error(tmp_path, capsys):
+    save_model(ConvTasNet.from_preset("tiny", n_sources=2), tmp_path / "model", SR, {})
+    sf.write(tmp_path / "a.wav", np.full(SR, 0.1, np.float32), SR)
+    args = ["separate", "--model", str(tmp_path / "model"), str(tmp_path / "a.wav"),
+            "--out", str(tmp_path / "out"), "--device"]
+    for device in ("tpu", "mps"):
+        assert main([*args, device]) == 2
+        assert f"device {device!r}" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*args, "cuda"]) == 2
+        assert "0 CUDA GPU(s); use --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -144,16 +144,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         active_threshold_db=args.active_threshold_db,
         progress=not args.no_progress,
+        device=args.device,
     )
     print(json.dumps(result["mean"], indent=2))
     return 0
 
 
 def cmd_separate(args: argparse.Namespace) -> int:
-    from tsmixit.model_files import load_model
+    from tsmixit.model_files import inference_device, load_model
     from tsmixit.separate import separate_files
 
-    separator = load_model(args.model)
+    separator = load_model(args.model, inference_device(args.device))
     results = separate_files(
         separator,
         args.inputs,
@@ -183,6 +184,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     check = export_onnx(load_model(args.model), args.onnx)
     print(f"ONNX model written: {args.onnx} (max |onnx - torch| = {check['max_abs_diff']:.2e})")
     return 0
+
+
+DEVICE_HELP = "where the network runs: auto (a GPU when there is one), cpu, cuda or cuda:N"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--active-threshold-db", type=float, default=-20.0,
                           help="an output is active above this share of the total energy")
     evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.set_defaults(func=cmd_evaluate)
 
     separate = sub.add_parser("separate", help="separate audio files or folders")
@@ -239,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("--allow-upsampling", action="store_true",
                           help="accept inputs below the model's sample rate")
     separate.add_argument("--subtype", default="FLOAT", choices=("FLOAT", "PCM_16", "PCM_24"))
+    separate.add_argument("--device", default="auto", help=DEVICE_HELP)
     separate.set_defaults(func=cmd_separate)
 
     report = sub.add_parser("report", help="write the results report of a run folder")

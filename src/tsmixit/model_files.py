@@ -258,12 +258,34 @@ def _load_checkpoint(path: Path) -> Separator:
     return Separator(model, sample_rate, config)
 
 
-def load_model(path: str | os.PathLike) -> Separator:
+def inference_device(name: str = "auto") -> torch.device:
+    """The device to run a separator on: "auto" (the GPU when there is one, else the CPU),
+    "cpu", "cuda" or "cuda:N". Raises ModelFileError for a device this machine lacks."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ModelFileError(f"device {name!r}: not supported; use auto, cpu or cuda[:N].")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ModelFileError(f"device {name!r}: this machine has {torch.cuda.device_count()} "
+                             "CUDA GPU(s); use --device cpu (or auto).")
+    return device
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Separator:
     """Load a separator from a model folder, its config.json or model.safetensors, or a
-    weights-only Lightning checkpoint (.ckpt/.pt/.pth). Never runs pickled code.
-    Raises ModelFileError for anything that is not a tsmixit model.
+    weights-only Lightning checkpoint (.ckpt/.pt/.pth) onto `device`. Never runs pickled
+    code. Raises ModelFileError for anything that is not a tsmixit model.
     """
-    path = Path(path)
+    separator = _load_any(Path(path))
+    separator.model.to(device)
+    return separator
+
+
+def _load_any(path: Path) -> Separator:
     if not path.exists():
         raise ModelFileError(f"{path}: does not exist; pass a model folder (config.json + "
                              f"{WEIGHTS_NAME}) or a .ckpt checkpoint.")

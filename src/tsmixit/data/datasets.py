@@ -50,8 +50,8 @@ class _ManifestDataset(Dataset):
         return int(rng.integers(0, total - self.segment_frames + 1)), self.segment_frames
 
     def _mixture(self, i: int, window: tuple[int, int]) -> np.ndarray:
-        x = self.manifest.load_mixture(i, *window)  # (C, T)
-        return _pad(x[:1] if self.reference_only else x, self.segment_frames)
+        x = self.manifest.load_mixture(i, *window, reference_only=self.reference_only)  # (C, T)
+        return _pad(x, self.segment_frames)
 
 
 class SegmentDataset(_ManifestDataset):
@@ -167,9 +167,10 @@ class LabelledDataset(_ManifestDataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         window = self._window(index, self._rng(index))
-        x = self._mixture(index, window)  # (C, T)
-        s = self.manifest.load_sources(index, self.allow_unlabelled, *window)  # (S, T)
-        return {"mixture": torch.from_numpy(x),
+        x, s = self.manifest.load_example(  # (C, T), (S, T)
+            index, self.allow_unlabelled, *window, reference_only=self.reference_only
+        )
+        return {"mixture": torch.from_numpy(_pad(x, self.segment_frames)),
                 "sources": torch.from_numpy(_pad(s, self.segment_frames))}
 
 

@@ -183,14 +183,17 @@ class Manifest:
 
     # ---- audio ---------------------------------------------------------------------------
 
-    def load_mixture(self, i: int, start: int = 0, frames: int | None = None) -> np.ndarray:
+    def load_mixture(
+        self, i: int, start: int = 0, frames: int | None = None, reference_only: bool = False
+    ) -> np.ndarray:
         """Mixture x of row i as float32 (C, T); frames [start, start + frames) of it only
-        when given (file rows then read just that part of the file)."""
+        when given (file rows then read, rendered rows render, just that part).
+        reference_only: microphone 0 alone, C = 1."""
         row = self.rows[i]
         start, frames = self._window(row, start, frames)
         if "parts" in row:
-            return self._render(row, with_sources=False)[0][:, start : start + frames]
-        return read_audio(
+            return self._render(row, start, frames, False, reference_only)[0]
+        x = read_audio(
             row["mixture"],
             sample_rate=row["sample_rate"],
             strict=True,
@@ -199,6 +202,7 @@ class Manifest:
             start=row.get("start", 0) + start,
             frames=frames,
         )[0]
+        return x[:1] if reference_only else x
 
     def load_sources(
         self, i: int, allow_unlabelled: bool = False, start: int = 0, frames: int | None = None
@@ -208,20 +212,10 @@ class Manifest:
         Refuses (ManifestError) a row that is unlabelled, unless `allow_unlabelled`, or that
         has no sources at all.
         """
-        row = self.rows[i]
-        if not row["labelled"] and not allow_unlabelled:
-            raise ManifestError(
-                f"{self.name}: row {row['id']!r} is unlabelled: its sources are hidden from "
-                "supervised stages; use the labelled rows (select(labelled=True))."
-            )
-        if not has_sources(row):
-            raise ManifestError(
-                f"{self.name}: row {row['id']!r} has no sources (an unlabelled recording); "
-                "only mixture-based (MixIT) training can use it."
-            )
+        row = self._row_with_sources(i, allow_unlabelled)
         start, frames = self._window(row, start, frames)
         if row.get("sources") is None:
-            return self._render(row, with_sources=True)[1][:, start : start + frames]
+            return self._render(row, start, frames, True, True)[1]
         ref = (row.get("channel_map") or [0])[0]
         out = np.empty((len(row["sources"]), frames), dtype=np.float32)
         for k, path in enumerate(row["sources"]):
@@ -236,6 +230,36 @@ class Manifest:
             )[0][0]
         return out
 
+    def load_example(
+        self,
+        i: int,
+        allow_unlabelled: bool = False,
+        start: int = 0,
+        frames: int | None = None,
+        reference_only: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(mixture (C, T), sources (S, T)) of row i, as `load_mixture` and `load_sources`
+        return them; a rendered row is rendered once for both."""
+        row = self._row_with_sources(i, allow_unlabelled)
+        if "parts" in row:
+            return self._render(row, *self._window(row, start, frames), True, reference_only)
+        return (self.load_mixture(i, start, frames, reference_only),
+                self.load_sources(i, allow_unlabelled, start, frames))
+
+    def _row_with_sources(self, i: int, allow_unlabelled: bool) -> dict[str, Any]:
+        row = self.rows[i]
+        if not row["labelled"] and not allow_unlabelled:
+            raise ManifestError(
+                f"{self.name}: row {row['id']!r} is unlabelled: its sources are hidden from "
+                "supervised stages; use the labelled rows (select(labelled=True))."
+            )
+        if not has_sources(row):
+            raise ManifestError(
+                f"{self.name}: row {row['id']!r} has no sources (an unlabelled recording); "
+                "only mixture-based (MixIT) training can use it."
+            )
+        return row
+
     def _window(self, row: dict[str, Any], start: int, frames: int | None) -> tuple[int, int]:
         total = row["num_frames"]
         frames = total - start if frames is None else frames
@@ -246,49 +270,73 @@ class Manifest:
             )
         return start, frames
 
-    def _render(self, row: dict[str, Any], with_sources: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Mix a rendered row: x = sum_p gain_p (a_p * h_p) at offset_p; sources at mic 0.
+    def _render(
+        self, row: dict[str, Any], start: int, frames: int, with_sources: bool,
+        reference_only: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mix frames [start, start + frames) of a rendered row:
+        x = sum_p gain_p (a_p * h_p) at offset_p, and the sources at mic 0.
 
         Written here because it is the corpus's own mixing rule; the convolutions use scipy.
-        Returns (mixture (C, T), sources (S, T)), both float32, computed in float64.
+        Only the window is computed: a reverberant part convolves just the input samples that
+        reach the window, so a 2 s crop of a long row costs a 2 s convolution.
+        Returns (mixture (C, frames), sources (S, frames)), float32, computed in float64;
+        C = 1 (mic 0) when `reference_only`.
         """
         C, T, sr = row["channels"], row["num_frames"], row["sample_rate"]
-        mixture = np.zeros((C, T))  # (C, T)
+        mics = slice(0, 1) if reference_only else slice(None)
+        end = start + frames
+        mixture = np.zeros((1 if reference_only else C, frames))  # (C', frames)
         sources = []
         for part in row["parts"]:
-            audio = self._cache.audio(part["audio"], sr).astype(np.float64)  # (c, L)
+            audio = self._cache.audio(part["audio"], sr)  # (c, L) float32
+            off, length = part["offset"], audio.shape[1]
             if part["rir"] is not None:
-                rirs = self._cache.rirs(row["rooms"])  # (n_rirs, C', L_h)
-                if not 0 <= part["rir"] < len(rirs) or rirs.shape[1] != C:
-                    raise ManifestError(
-                        f"{self.name}: row {row['id']!r} asks for RIR {part['rir']} with {C} "
-                        f"microphone(s), but {row['rooms']} holds {rirs.shape[0]} RIRs of "
-                        f"{rirs.shape[1]} microphone(s); rebuild the corpus."
-                    )
-                if audio.shape[0] != 1:
-                    raise ManifestError(
-                        f"{part['audio']}: a part convolved with a RIR must be mono, it has "
-                        f"{audio.shape[0]} channels (row {row['id']!r})."
-                    )
-                image = fftconvolve(audio, rirs[part["rir"]].astype(np.float64), axes=-1)
-            elif audio.shape[0] in (1, C):
-                image = audio  # (1 or C, L): the same signal on every microphone if mono
-            else:
+                rir = self._part_rir(row, part, audio)[mics]  # (C', L_h)
+                length += rir.shape[1] - 1
+            elif audio.shape[0] not in (1, C):
                 raise ManifestError(
                     f"{part['audio']}: has {audio.shape[0]} channels; a part of a "
                     f"{C}-microphone row must have 1 or {C} (row {row['id']!r})."
                 )
-            off = part["offset"]
-            d0, d1 = max(off, 0), min(off + image.shape[1], T)
+            d0, d1 = max(off, start), min(off + length, end, T)  # row frames of this part
+            source = np.zeros(frames)  # stays silent when the part misses the window
+            if with_sources and part["role"] == "source":
+                sources.append(source)
             if d1 <= d0:
                 continue
-            piece = part["gain"] * image[:, d0 - off : d1 - off]  # (c, d1 - d0)
-            mixture[:, d0:d1] += piece
-            if with_sources and part["role"] == "source":
-                source = np.zeros(T)
-                source[d0:d1] = piece[0]
-                sources.append(source)
-        return mixture.astype(np.float32), np.asarray(sources, dtype=np.float32).reshape(-1, T)
+            n0, n1 = d0 - off, d1 - off  # the same frames in the part's own time
+            if part["rir"] is None:
+                # (1 or C', n1 - n0): a mono part is the same signal on every microphone
+                image = audio[mics if audio.shape[0] > 1 else slice(None), n0:n1]
+                image = image.astype(np.float64)
+            else:
+                a0, a1 = max(0, n0 - rir.shape[1] + 1), min(audio.shape[1], n1)  # inputs used
+                image = fftconvolve(audio[:, a0:a1].astype(np.float64), rir, axes=-1)
+                image = image[:, n0 - a0 : n1 - a0]  # (C', n1 - n0)
+            piece = part["gain"] * image
+            mixture[:, d0 - start : d1 - start] += piece
+            source[d0 - start : d1 - start] = piece[0]
+        return (mixture.astype(np.float32),
+                np.asarray(sources, dtype=np.float32).reshape(-1, frames))
+
+    def _part_rir(self, row: dict[str, Any], part: dict[str, Any], audio: np.ndarray
+                  ) -> np.ndarray:
+        """The RIRs h_p of a reverberant part, (C, L_h) float64; checks the part fits them."""
+        C = row["channels"]
+        rirs = self._cache.rirs(row["rooms"])  # (n_rirs, C', L_h)
+        if not 0 <= part["rir"] < len(rirs) or rirs.shape[1] != C:
+            raise ManifestError(
+                f"{self.name}: row {row['id']!r} asks for RIR {part['rir']} with {C} "
+                f"microphone(s), but {row['rooms']} holds {rirs.shape[0]} RIRs of "
+                f"{rirs.shape[1]} microphone(s); rebuild the corpus."
+            )
+        if audio.shape[0] != 1:
+            raise ManifestError(
+                f"{part['audio']}: a part convolved with a RIR must be mono, it has "
+                f"{audio.shape[0]} channels (row {row['id']!r})."
+            )
+        return rirs[part["rir"]].astype(np.float64)
 
 
 def has_sources(row: Mapping[str, Any]) -> bool:

@@ -32,7 +32,7 @@ from tsmixit.data.manifest import Manifest, import_wsj0_2mix
 from tsmixit.errors import ManifestError, ModelFileError
 from tsmixit.files import atomic_path, write_json_atomic
 from tsmixit.losses import mixit_assignments, pit, reorder, si_snr
-from tsmixit.model_files import Separator, load_model
+from tsmixit.model_files import Separator, inference_device, load_model
 
 #: SDR of a silent estimate is -inf; it is clamped to +-100 dB so that means stay finite.
 SDR_FLOOR_DB = -100.0
@@ -258,7 +258,8 @@ def evaluate_separator(
     lengths = [int(row["num_frames"]) for row in manifest.rows]
     bar = tqdm(total=len(manifest), desc="evaluate", unit="mix", disable=not progress)
     for batch in _length_batches(lengths, batch_size, max_padding):
-        mixtures = [manifest.load_mixture(i) for i in batch]  # each (C, T_i)
+        examples = [manifest.load_example(i, allow_unlabelled=True) for i in batch]
+        mixtures = [mixture for mixture, _ in examples]  # each (C, T_i)
         longest = max(lengths[i] for i in batch)
         x = np.zeros((len(batch), n_channels, longest), np.float32)  # (B, C_model, T)
         for b, (i, mix) in enumerate(zip(batch, mixtures, strict=True)):
@@ -274,7 +275,7 @@ def evaluate_separator(
             inputs = inputs[:, 0]  # (B, T)
         est = module(inputs).float().cpu()  # (B, M, T)
         for b, i in enumerate(batch):
-            sources = manifest.load_sources(i, allow_unlabelled=True)  # (S, T_i)
+            sources = examples[b][1]  # (S, T_i)
             row_id = manifest.rows[i]["id"]
             if sources.shape[0] != k:
                 raise ManifestError(
@@ -372,11 +373,13 @@ def evaluate_path(
     k: int = 2,
     split: str | None = "test",
     json_out: str | os.PathLike | None = None,
+    device: str = "cpu",
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """`tsmixit evaluate`: load the model (never unpickling) and the test set, evaluate, and
-    write the result to `json_out` when given."""
-    result = evaluate_separator(load_model(model), open_test_set(data, split), k=k, **kwargs)
+    """`tsmixit evaluate`: load the model (never unpickling) onto `device` and the test set,
+    evaluate, and write the result to `json_out` when given."""
+    separator = load_model(model, inference_device(device))
+    result = evaluate_separator(separator, open_test_set(data, split), k=k, **kwargs)
     result.update(model=str(model), data=str(data), split=split)
     if json_out is not None:
         write_json_atomic(json_out, result)

@@ -799,8 +799,10 @@ def _merge_files(first: Path, second: Path, out: Path) -> None:
 
 def _evaluate(recipe: Recipe, progress: bool) -> dict[str, dict]:
     from tsmixit.evaluation.metrics import evaluate_into_run
+    from tsmixit.model_files import inference_device
 
     cfg = recipe.config
+    device = inference_device("cpu" if cfg.train.accelerator == "cpu" else "auto")
     test = _subset(recipe.manifest.select(split=cfg.eval.split), cfg.eval.max_mixtures)
     if len(test) == 0:
         raise ManifestError(f"{recipe.manifest.name}: no {cfg.eval.split!r} rows to evaluate")
@@ -816,7 +818,7 @@ def _evaluate(recipe: Recipe, progress: bool) -> dict[str, dict]:
             if result.get("recipe_key") == stamp:
                 results[name] = result["mean"]
                 continue
-        model = load_separator(Path(summary["checkpoint"]))
+        model = load_separator(Path(summary["checkpoint"])).to(device)
         evaluate_into_run(model, test, recipe.run_dir, system=name, stage=name,
                           k=cfg.model.student_outputs,
                           active_threshold_db=cfg.eval.active_threshold_db, progress=progress)
