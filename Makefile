@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
+SPATIAL_RUN_DIR ?= runs/demo-spatial
 # torch first, pinned: on the reference machines pip takes the CPU build of 2.13.0 from local
 # disk, while an unpinned torch (asked for by another package) would fetch a multi-GB CUDA
 # build. Elsewhere choose your build, e.g.
 #   make demo TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'
 TORCH ?= torch==2.13.0
 
-.PHONY: demo smoke test lint venv clean
+.PHONY: demo demo-spatial smoke test lint venv clean
 
 venv: $(VENV)/.installed
 
@@ -22,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	$(BIN)/tsmixit recipe --config configs/demo.yaml --run-dir $(RUN_DIR)
+
+# Multi-channel TS-MixIT (4 reverberant microphones) and its microphone-0 companion.
+demo-spatial: venv
+	$(BIN)/tsmixit recipe --config configs/demo-spatial.yaml --run-dir $(SPATIAL_RUN_DIR)
 
 smoke: venv
 	$(BIN)/tsmixit recipe --config configs/demo.yaml --run-dir runs/smoke --quick

@@ -137,6 +137,16 @@ def test_multichannel_recipe_with_its_single_channel_companion(tmp_path):
         assert "mic0" in report
 
 
+def test_both_channel_layouts_on_single_channel_data_are_refused_before_training(
+        corpus, tmp_path):
+    from tsmixit.errors import ConfigError
+
+    config = load_config(None, tiny_overrides(corpus, steps=6, **{"model.channels": "both"}))
+    with pytest.raises(ConfigError, match="'both' needs multi-channel mixtures.*1 channel"):
+        run_recipe(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "teacher").exists()
+
+
 def test_quick_config_caps_every_budget():
     from tsmixit.training.config import BUDGET_STAGES, stage_budget
     from tsmixit.training.recipe import QUICK, quick_config

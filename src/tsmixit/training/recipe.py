@@ -290,8 +290,10 @@ class _Stage:
 class Recipe:
     """One recipe run: the config, the run folder, the corpus and the stage plan."""
 
-    def __init__(self, config: RecipeConfig, run_dir: Path, stages: list[str] | None) -> None:
+    def __init__(self, config: RecipeConfig, run_dir: Path, stages: list[str] | None,
+                 with_companion: bool = False) -> None:
         self.config, self.run_dir = config, Path(run_dir)
+        self.with_companion = with_companion  # model.channels = "both": mic 0 runs next
         self.only = set(stages) if stages else None
         self.plan = self._plan()
         unknown = sorted((self.only or set()) - self._selectable())
@@ -400,6 +402,10 @@ class Recipe:
 
     def _check_before_training(self, path: Path) -> None:
         """Refuse, before any training, a corpus that a later stage could not use."""
+        if self.with_companion and self.channels < 2:
+            raise ConfigError(f"{path}: model.channels = 'both' needs multi-channel mixtures; "
+                              f"the corpus has {self.channels} channel(s): use a multi-"
+                              "microphone corpus or model.channels=reference")
         k = self.config.model.student_outputs
         counts = {r["n_speakers"] for r in self.manifest.rows
                   if r["labelled"] and r.get("n_speakers") is not None}
@@ -858,10 +864,10 @@ def _export(recipe: Recipe) -> Path:
     return out
 
 
-def _run_one(config: RecipeConfig, run_dir: Path, fresh: bool, stages: list[str] | None
-             ) -> tuple[Recipe, dict[str, Any]]:
+def _run_one(config: RecipeConfig, run_dir: Path, fresh: bool, stages: list[str] | None,
+             with_companion: bool = False) -> tuple[Recipe, dict[str, Any]]:
     """Every stage, evaluation and export of one run folder (no report)."""
-    recipe = Recipe(config, run_dir, stages)
+    recipe = Recipe(config, run_dir, stages, with_companion)
     if fresh and _rank() == 0 and run_dir.exists():
         names = {st.name for st in recipe.plan} | {"corpus", "eval", "model", "config.yaml",
                                                    "report.md", "report.json", "plots",
@@ -914,13 +920,10 @@ def run_recipe(
     both = config.model.channels == "both"
     main = dataclasses.replace(config, model=dataclasses.replace(
         config.model, channels="all")) if both else config
-    recipe, result = _run_one(main, run_dir, fresh, stages)
+    recipe, result = _run_one(main, run_dir, fresh, stages, with_companion=both)
     if both:
         if _rank() == 0:
             write_text_atomic(run_dir / "config.yaml", config.to_yaml())
-        if recipe.channels < 2:
-            raise ConfigError("model.channels = 'both' needs multi-channel mixtures; the "
-                              f"corpus has {recipe.channels} channel(s)")
         single = dataclasses.replace(
             config, model=dataclasses.replace(config.model, channels="reference"),
             corpus=dataclasses.replace(config.corpus, manifest=str(
