@@ -51,7 +51,7 @@ def test_topk_scores_match_torchmetrics():
     row = score_mixture(est, ref, mix)
     assert row["topk_outputs"] == [2, 0]  # the silent-ish output 1 is dropped
     kept = est[[2, 0]].double()
-    # Independent: torchmetrics SI-SNR and SDR (one thread: see sdr_best_permutation), the
+    # Independent: torchmetrics SI-SNR and SDR (one thread: see sdr_pairwise), the
     # SDR permutation found by brute force.
     si = tm_si_snr(kept, ref.double()).mean() - tm_si_snr(mix.expand(2, -1).double(),
                                                           ref.double()).mean()
@@ -60,6 +60,14 @@ def test_topk_scores_match_torchmetrics():
         sdr_mix = tm_sdr(mix.expand(2, -1).double(), ref.double()).mean()
     assert row["si_snri_topk"] == pytest.approx(float(si), abs=1e-3)
     assert row["sdri_topk"] == pytest.approx(float(sdr - sdr_mix), abs=1e-3)
+    # The oracle groups (3 outputs into 2), scored in the same SDR call: the best grouping by
+    # SI-SNR puts the quiet output 1 with one of the others; its SDR by torchmetrics.
+    groups = [torch.stack([est[2] + est[1], est[0]]), torch.stack([est[2], est[0] + est[1]])]
+    best = max(groups, key=lambda g: float(tm_si_snr(g.double(), ref.double()).mean()))
+    with torch.no_grad():
+        sdr_oracle = tm_sdr(best.double(), ref.double()).mean()
+    assert row["oracle_groups"] in ([1, 0, 0], [1, 1, 0])  # output 2 -> source 0
+    assert row["sdri_oracle"] == pytest.approx(float(sdr_oracle - sdr_mix), abs=1e-3)
 
 
 def test_oracle_grouping_equals_brute_force():

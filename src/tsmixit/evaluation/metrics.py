@@ -24,6 +24,7 @@ from typing import Any
 import fast_bss_eval
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -95,18 +96,27 @@ def oracle_grouping(est: Tensor, ref: Tensor, eps: float = 1e-8) -> Tensor:
     return A[score.argmax()].to(est.dtype)
 
 
-def sdr_best_permutation(est: Tensor, ref: Tensor) -> Tensor:
-    """BSS-eval SDR of each reference with the estimate of the best one-to-one pairing
-    (maximum summed SDR): est (k, T), ref (k, T) -> (k,) dB.
+def sdr_pairwise(est: Tensor, ref: Tensor) -> Tensor:
+    """BSS-eval SDR of every (reference, estimate) pair: est (E, T), ref (k, T) -> (k, E) dB.
 
-    fast-bss-eval's NumPy/SciPy backend on float64: torch 2.13's batched LU solve on the CPU
-    returns invalid pivots with more than one thread, which breaks the torch backends of both
-    fast-bss-eval and torchmetrics.
+    One call solves the references' distortion-filter system once for all E estimates, so
+    scoring the mixture, the top-k outputs and the oracle groups together costs little more
+    than one of them. fast-bss-eval's NumPy/SciPy backend on float64: torch 2.13's batched
+    LU solve on the CPU returns invalid pivots with more than one thread, which breaks the
+    torch backends of both fast-bss-eval and torchmetrics.
     """
-    sdr = fast_bss_eval.sdr(
-        ref.double().numpy(), est.double().numpy(), load_diag=SDR_LOAD_DIAG, clamp_db=-SDR_FLOOR_DB
-    )  # (k,), each reference with its best-permuted estimate
-    return torch.from_numpy(np.asarray(sdr, dtype=np.float64))
+    neg_sdr = fast_bss_eval.sdr_loss(
+        est.double().numpy(), ref.double().numpy(), pairwise=True, load_diag=SDR_LOAD_DIAG,
+        clamp_db=-SDR_FLOOR_DB,
+    )  # (k, E)
+    return torch.from_numpy(-np.asarray(neg_sdr, dtype=np.float64))
+
+
+def best_pairing(scores: Tensor) -> Tensor:
+    """(k, k) scores of (reference, estimate) pairs -> (k,) each reference's score under the
+    one-to-one pairing with the highest total."""
+    rows, cols = linear_sum_assignment(scores.numpy(), maximize=True)
+    return scores[torch.from_numpy(rows), torch.from_numpy(cols)]
 
 
 def _quality_metrics() -> dict[str, Callable[[np.ndarray, np.ndarray, int], float]]:
@@ -150,21 +160,23 @@ def score_mixture(
     lists the kept outputs in reference order, "oracle_groups" each output's group."""
     est, ref, mixture = est.float().cpu(), ref.float().cpu(), mixture.float().cpu()
     n_out = est.shape[0]
-    mix_k = mixture.expand(k, -1)  # (k, T)
-    si_mix = si_snr(mix_k, ref)  # (k,)
-    sdr_mix = sdr_best_permutation(mix_k, ref)  # (k,)
+    si_mix = si_snr(mixture.expand(k, -1), ref)  # (k,)
 
     top = top_k_outputs(est, k)  # (k,)
     _, perm = pit(est[top][None], ref[None])  # (1, k): estimate index for each reference
     aligned = reorder(est[top][None], perm)[0]  # (k, T)
     si_top = si_snr(aligned, ref)
-    sdr_top = sdr_best_permutation(est[top], ref)
 
     A = oracle_grouping(est, ref)  # (k, M)
     groups = A @ est  # (k, T)
     si_or = si_snr(groups, ref)
-    # With M = k outputs the groups are the top-k outputs reordered: same best-permutation SDR.
-    sdr_or = sdr_top if n_out == k else sdr_best_permutation(groups, ref)
+
+    # With M = k outputs the groups are the top-k outputs reordered: same best-pairing SDR.
+    scored = [mixture[None], est[top]] + ([groups] if n_out > k else [])
+    sdr = sdr_pairwise(torch.cat(scored), ref)  # (k, 1 + k [+ k])
+    sdr_mix = sdr[:, 0]  # (k,)
+    sdr_top = best_pairing(sdr[:, 1 : 1 + k])
+    sdr_or = best_pairing(sdr[:, 1 + k :]) if n_out > k else sdr_top
 
     row: dict[str, Any] = {
         "n_outputs": n_out,
