@@ -211,8 +211,13 @@ def test_rendered_row_with_pseudo_target_files_reads_those_files(tmp_path):
                       "rir": None}]}
     manifest = Manifest([row], root=tmp_path)
     np.testing.assert_array_equal(manifest.load_mixture(0), a)
+    pseudo = np.concatenate([_sig(30, seed=7), _sig(30, seed=8)])  # (2, 30)
     np.testing.assert_array_equal(manifest.load_sources(0, allow_unlabelled=True, start=3),
-                                  np.concatenate([_sig(30, seed=7), _sig(30, seed=8)])[:, 3:])
+                                  pseudo[:, 3:])
+    # The (mixture, sources) pair too: the pseudo-targets, never the row's own parts.
+    mixture, sources = manifest.load_example(0, allow_unlabelled=True, start=3, frames=20)
+    np.testing.assert_array_equal(mixture, a[:, 3:23])
+    np.testing.assert_array_equal(sources, pseudo[:, 3:23])
 
 
 def test_select_by_split_and_label():

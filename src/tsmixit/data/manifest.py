@@ -239,9 +239,10 @@ class Manifest:
         reference_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(mixture (C, T), sources (S, T)) of row i, as `load_mixture` and `load_sources`
-        return them; a rendered row is rendered once for both."""
+        return them; a rendered row whose sources are its own parts is rendered once for
+        both (a pseudo-labelled row's sources are the teacher's files, read separately)."""
         row = self._row_with_sources(i, allow_unlabelled)
-        if "parts" in row:
+        if "parts" in row and row.get("sources") is None:
             return self._render(row, *self._window(row, start, frames), True, reference_only)
         return (self.load_mixture(i, start, frames, reference_only),
                 self.load_sources(i, allow_unlabelled, start, frames))
