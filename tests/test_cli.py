@@ -57,11 +57,13 @@ def test_recipe_summary_shows_stage_times_results_and_claims(tmp_path):
     }
     (tmp_path / "report.json").write_text(json.dumps(report))
     text = _recipe_summary(
-        {"run_dir": str(tmp_path), "stages": {"teacher": {"steps": 2400, "train_seconds": 391.6}},
+        {"run_dir": str(tmp_path), "stages": {"teacher": {"steps": 2400, "train_seconds": 391.6},
+                                              "label": {"label_seconds": 36.7}},
          "report": str(tmp_path / "report.md"), "model": str(tmp_path / "model")},
         1234.0,
     )
     assert "teacher" in text and "2400" in text and "392" in text and "1234" in text
+    assert any(line.split() == ["label", "37"] for line in text.splitlines())
     assert "MixIT teacher (top-2)" in text and "4.25" in text and "5.50" in text
     assert "holds: The teacher over-separates" in text
     assert f"tsmixit separate --model {tmp_path / 'model'}" in text

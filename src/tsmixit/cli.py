@@ -113,7 +113,7 @@ def _recipe_summary(summary: dict, wall_seconds: float) -> str:
     table and the paper's claims as measured (all read from the run folder's report)."""
     lines = ["", "stage                  steps   seconds"]
     for name, stage in summary.get("stages", {}).items():
-        seconds = stage.get("train_seconds", 0)
+        seconds = stage.get("train_seconds", stage.get("label_seconds", 0))
         lines.append(f"{name:<22} {stage.get('steps', ''):>6} {seconds:>9.0f}")
     lines.append(f"{'whole run (this call)':<29} {wall_seconds:>9.0f}")
     report = Path(summary["run_dir"]) / "report.json"
