@@ -111,9 +111,11 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 def _recipe_summary(summary: dict, wall_seconds: float) -> str:
     """The short text printed at the end of `tsmixit recipe`: time per stage, the results
     table and the paper's claims as measured (all read from the run folder's report)."""
+    from tsmixit.evaluation.report import stage_seconds
+
     lines = ["", "stage                  steps   seconds"]
     for name, stage in summary.get("stages", {}).items():
-        seconds = stage.get("train_seconds", stage.get("label_seconds", 0))
+        seconds = stage_seconds(stage)
         lines.append(f"{name:<22} {stage.get('steps', ''):>6} {seconds:>9.0f}")
     lines.append(f"{'whole run (this call)':<29} {wall_seconds:>9.0f}")
     report = Path(summary["run_dir"]) / "report.json"

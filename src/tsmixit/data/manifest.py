@@ -293,7 +293,7 @@ class Manifest:
             audio = self._cache.audio(part["audio"], sr)  # (c, L) float32
             off, length = part["offset"], audio.shape[1]
             if part["rir"] is not None:
-                rir = self._part_rir(row, part, audio)[mics]  # (C', L_h)
+                rir = self._part_rir(row, part, audio, mics)  # (C', L_h)
                 length += rir.shape[1] - 1
             elif audio.shape[0] not in (1, C):
                 raise ManifestError(
@@ -301,8 +301,9 @@ class Manifest:
                     f"{C}-microphone row must have 1 or {C} (row {row['id']!r})."
                 )
             d0, d1 = max(off, start), min(off + length, end, T)  # row frames of this part
-            source = np.zeros(frames)  # stays silent when the part misses the window
+            source = None
             if with_sources and part["role"] == "source":
+                source = np.zeros(frames)  # stays silent when the part misses the window
                 sources.append(source)
             if d1 <= d0:
                 continue
@@ -317,13 +318,15 @@ class Manifest:
                 image = image[:, n0 - a0 : n1 - a0]  # (C', n1 - n0)
             piece = part["gain"] * image
             mixture[:, d0 - start : d1 - start] += piece
-            source[d0 - start : d1 - start] = piece[0]
+            if source is not None:
+                source[d0 - start : d1 - start] = piece[0]
         return (mixture.astype(np.float32),
                 np.asarray(sources, dtype=np.float32).reshape(-1, frames))
 
-    def _part_rir(self, row: dict[str, Any], part: dict[str, Any], audio: np.ndarray
-                  ) -> np.ndarray:
-        """The RIRs h_p of a reverberant part, (C, L_h) float64; checks the part fits them."""
+    def _part_rir(self, row: dict[str, Any], part: dict[str, Any], audio: np.ndarray,
+                  mics: slice) -> np.ndarray:
+        """The RIRs h_p of a reverberant part at microphones `mics`, (C', L_h) float64;
+        checks the part fits the row's room bank."""
         C = row["channels"]
         rirs = self._cache.rirs(row["rooms"])  # (n_rirs, C', L_h)
         if not 0 <= part["rir"] < len(rirs) or rirs.shape[1] != C:
@@ -337,7 +340,7 @@ class Manifest:
                 f"{part['audio']}: a part convolved with a RIR must be mono, it has "
                 f"{audio.shape[0]} channels (row {row['id']!r})."
             )
-        return rirs[part["rir"]].astype(np.float64)
+        return rirs[part["rir"], mics].astype(np.float64)
 
 
 def has_sources(row: Mapping[str, Any]) -> bool:

@@ -270,7 +270,8 @@ def evaluate_separator(
     lengths = [int(row["num_frames"]) for row in manifest.rows]
     bar = tqdm(total=len(manifest), desc="evaluate", unit="mix", disable=not progress)
     for batch in _length_batches(lengths, batch_size, max_padding):
-        examples = [manifest.load_example(i, allow_unlabelled=True) for i in batch]
+        examples = [manifest.load_example(i, allow_unlabelled=True,
+                                          reference_only=n_channels == 1) for i in batch]
         mixtures = [mixture for mixture, _ in examples]  # each (C, T_i)
         longest = max(lengths[i] for i in batch)
         x = np.zeros((len(batch), n_channels, longest), np.float32)  # (B, C_model, T)

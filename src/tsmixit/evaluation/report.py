@@ -70,7 +70,8 @@ def _chain_order(stage: str) -> tuple[int, int] | None:
     return None
 
 
-def _stage_seconds(summary: dict[str, Any]) -> float:
+def stage_seconds(summary: dict[str, Any]) -> float:
+    """Seconds a stage took from its summary: training, or labelling for label stages."""
     return float(summary.get("train_seconds") or summary.get("label_seconds") or 0.0)
 
 
@@ -108,12 +109,12 @@ def table_rows(run: dict[str, Any], run_name: str | None = None) -> list[dict[st
             continue
         stage = result.get("stage", system)
         summary = summaries.get(stage, {})
-        stage_s = result.get("train_seconds") or _stage_seconds(summary) or None
+        stage_s = result.get("train_seconds") or stage_seconds(summary) or None
         position = _chain_order(stage)
         total = stage_s
         if position is not None:
             upstream = [s for s in chain if _chain_order(s) <= position]
-            total = sum(_stage_seconds(summaries[s]) for s in upstream) or stage_s
+            total = sum(stage_seconds(summaries[s]) for s in upstream) or stage_s
         mean = result["mean"]
         common = {
             "system": system, "stage": stage, "run": run_name, "k": k,
