@@ -3,14 +3,16 @@ redoing changed ones, and resuming a killed run to the same weights."""
 
 import importlib.util
 import json
+import os
 import signal
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_training import _cli, make_corpus, read_metrics, tiny_overrides, write_config
+from test_training import make_corpus, read_metrics, tiny_overrides, write_config
 from tsmixit.training.config import load_config
 from tsmixit.training.recipe import load_checkpoint, run_recipe
 
@@ -30,13 +32,12 @@ def full_run(corpus, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     config = load_config(None, tiny_overrides(corpus, steps=8))
     stages = None if HAS_REPORT else TRAINING + LABELS + ["eval", "export"]
-    start = time.monotonic()
     result = run_recipe(config, run, stages=stages)
-    return run, config, result, time.monotonic() - start, stages
+    return run, config, result, stages
 
 
 def test_every_stage_leaves_its_outputs(full_run):
-    run, config, result, seconds, _ = full_run
+    run, config, result, _ = full_run
     assert set(result["stages"]) == set(TRAINING + LABELS)
     for name in TRAINING:
         folder = run / name
@@ -60,11 +61,10 @@ def test_every_stage_leaves_its_outputs(full_run):
     assert load_config(run / "config.yaml").to_dict() == config.to_dict()
     if HAS_REPORT:
         assert (run / "report.md").is_file()
-    assert seconds < 120
 
 
 def test_rerun_skips_finished_stages(full_run):
-    run, config, result, _, stages = full_run
+    run, config, result, stages = full_run
     stamps = {n: (run / n / "summary.json").stat().st_mtime_ns for n in result["stages"]}
     again = run_recipe(config, run, stages=stages)
     assert again["stages"] == result["stages"]
@@ -72,7 +72,7 @@ def test_rerun_skips_finished_stages(full_run):
 
 
 def test_changed_stage_is_redone_with_everything_downstream(full_run):
-    run, config, result, _, _ = full_run
+    run, config, result, _ = full_run
     changed = load_config(run / "config.yaml", ["stages.finetune.max_steps=4"])
     out = run_recipe(changed, run, stages=["finetune", "distill", "eval"])
     assert out["stages"]["teacher"] == result["stages"]["teacher"]
@@ -82,27 +82,41 @@ def test_changed_stage_is_redone_with_everything_downstream(full_run):
         assert out["stages"][name]["fingerprint"] != result["stages"][name]["fingerprint"]
 
 
+# The child process kills itself (SIGKILL, no clean-up) as the batch after its periodic
+# checkpoint at step KILL_AT_STEP starts: a crash at a known step. (A poll from outside raced
+# the next checkpoint and sometimes lost it to an epoch boundary.)
+KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+from lightning.pytorch.callbacks import ModelCheckpoint
+from tsmixit.cli import main
+
+def die_after_checkpoint(self, trainer, *args):
+    if trainer.global_step >= int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+ModelCheckpoint.on_train_batch_start = die_after_checkpoint
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
-    # 4 batches per epoch, a checkpoint every 5 steps: the kill lands mid-epoch.
+    # 4 batches per epoch, a checkpoint every 5 steps, killed after step 15: mid-epoch.
     overrides = tiny_overrides(corpus, steps=40, **{"train.checkpoint_every": 5,
                                                     "train.val_every": 8})
     config_path = write_config(tmp_path / "config.yaml", overrides)
     killed = tmp_path / "killed"
-    proc = _cli(config_path, killed, "--stages", "teacher")
-    last = killed / "teacher" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if last.is_file() and load_checkpoint(last)["global_step"] >= 13:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "KILL_AT_STEP": "15"}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_CHECKPOINT, "recipe", "--config", str(config_path),
+         "--run-dir", str(killed), "--stages", "teacher"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert not (killed / "teacher" / "summary.json").exists()
 
     config = load_config(config_path)
     resumed = run_recipe(config, killed, stages=["teacher"])["stages"]["teacher"]
-    assert resumed["resumed_from_step"] % 4 != 0 and resumed["steps"] == 40
+    assert resumed["resumed_from_step"] == 15 and resumed["steps"] == 40
     steps = [int(s) for s in read_metrics(killed / "teacher", "step")]
     assert sorted(set(steps)) == list(range(40))  # one log across the interruption
 
