@@ -82,6 +82,19 @@ def test_changed_stage_is_redone_with_everything_downstream(full_run):
         assert out["stages"][name]["fingerprint"] != result["stages"][name]["fingerprint"]
 
 
+def test_a_setting_redoes_only_the_stages_that_read_it(full_run):
+    run, _, _, _ = full_run
+    before = {name: json.loads((run / name / "summary.json").read_text())
+              for name in ("teacher", "label", "student", "supervised_full")}
+    student_side = load_config(run / "config.yaml", ["model.student_consistency=uniform"])
+    teacher_side = load_config(run / "config.yaml", ["model.teacher_consistency=energy"])
+    out = run_recipe(student_side, run, stages=["student"])["stages"]
+    assert out["teacher"] == before["teacher"] and out["label"] == before["label"]
+    assert out["student"]["fingerprint"] != before["student"]["fingerprint"]
+    out = run_recipe(teacher_side, run, stages=["supervised_full"])["stages"]
+    assert out["supervised_full"] == before["supervised_full"]
+
+
 # The child process kills itself (SIGKILL, no clean-up) as the batch after its periodic
 # checkpoint at step KILL_AT_STEP starts: a crash at a known step. (A poll from outside raced
 # the next checkpoint and sometimes lost it to an epoch boundary.)

@@ -71,6 +71,11 @@ EXECUTION_KEYS = {
     "train": ("accelerator", "devices", "num_nodes", "strategy", "progress", "log_every",
               "checkpoint_every"),
 }
+# Model keys a kind of stage never reads: changing them leaves its fingerprint alone (a new
+# student setting does not retrain the teacher). The teacher and the labeller read
+# k = student_outputs: the top-k outputs are validated and kept as pseudo-targets.
+UNREAD_MODEL_KEYS = {"teacher": ("student_consistency",), "label": ("student_consistency",),
+                     "supervised": ("teacher_outputs", "teacher_consistency")}
 QUICK = {"steps": 8, "val_every": 4, "label_mixtures": 16, "eval_mixtures": 6, "valid": 6,
          "preset": "tiny", "segment_seconds": 1.0, "batch_size": 2}
 
@@ -430,9 +435,11 @@ class Recipe:
 
     # -- fingerprints and stage folders --------------------------------------------------
 
-    def _shared_sections(self) -> dict:
+    def _shared_sections(self, kind: str | None = None) -> dict:
+        """The config every stage depends on, less execution settings and the model keys
+        that a `kind` of stage does not read."""
         cfg = self.config.to_dict()
-        for section, keys in EXECUTION_KEYS.items():
+        for section, keys in {**EXECUTION_KEYS, "model": UNREAD_MODEL_KEYS.get(kind, ())}.items():
             for key in keys:
                 cfg[section].pop(key, None)
         return {"corpus": self.corpus_key, "model": cfg["model"], "data": cfg["data"],
@@ -442,7 +449,7 @@ class Recipe:
         upstream = [self.fingerprints[u] for u in stage.upstream]
         sections = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                     for k, v in stage.sections.items()}
-        return _hash({"shared": self._shared_sections(), "stage": sections,
+        return _hash({"shared": self._shared_sections(stage.kind), "stage": sections,
                       "upstream": upstream, "name": stage.name})
 
     def _finished(self, stage: _Stage) -> dict | None:
