@@ -3,6 +3,7 @@ the teacher's top-k outputs, unlabelled stages never read clean sources, NaN sto
 training, and 2-process DDP matches one process."""
 
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ import yaml
 from tsmixit.data.manifest import Manifest
 from tsmixit.errors import CheckpointError, ConfigError, TrainingError
 from tsmixit.evaluation.metrics import active_output_count
+from tsmixit.models import ConvTasNet
 from tsmixit.training import systems
 from tsmixit.training.config import load_config
 from tsmixit.training.recipe import load_separator, run_recipe
@@ -161,6 +163,48 @@ def test_student_learns_from_pseudo_labels(labelled_run):
     assert model.n_sources == 2
     losses = read_metrics(run / "student", "train_loss")
     assert np.isfinite(losses).all()
+
+
+def test_on_the_fly_targets_are_the_frozen_teachers_top_k(monkeypatch):
+    """Label mode "fly": the student's loss on a batch is PIT negative SI-SNR against the
+    frozen teacher's 2 most energetic outputs of that batch (brute force here, float64)."""
+    teacher = ConvTasNet.from_preset("tiny", n_sources=4, consistency="uniform")
+    student_hp = ConvTasNet.from_preset("tiny", n_sources=2).hparams
+    system = systems.PITSeparator(student_hp, SR, teacher_hparams=teacher.hparams).train()
+    system.teacher.load_state_dict(teacher.state_dict())
+    monkeypatch.setattr(system, "_train_loss", lambda loss: loss)  # logging needs a Trainer
+    mixture = torch.randn(3, 1, 2000)  # (B, C, T)
+    loss = system.training_step({"mixture": mixture}, 0)
+    loss.backward()
+    assert all(p.grad is None for p in system.teacher.parameters())
+    assert all(p.grad is not None for p in system.model.parameters())
+
+    def si_snr(e: np.ndarray, r: np.ndarray) -> float:
+        e, r = e - e.mean(), r - r.mean()
+        target = (e @ r) / (r @ r) * r
+        return 10 * np.log10((target @ target) / ((e - target) @ (e - target)))
+
+    with torch.no_grad():
+        teacher_out = teacher.eval()(mixture).double().numpy()  # (B, M, T)
+        student_out = system(mixture).double().numpy()  # (B, k, T)
+    expected = []
+    for t_b, s_b in zip(teacher_out, student_out, strict=True):
+        targets = t_b[np.argsort(-(t_b ** 2).sum(-1))[:2]]  # (k, T)
+        expected.append(-max(np.mean([si_snr(s_b[j], targets[p]) for j, p in enumerate(perm)])
+                             for perm in itertools.permutations(range(2))))
+    assert loss.item() == pytest.approx(np.mean(expected), abs=1e-3)
+
+
+def test_labels_on_the_fly_train_on_the_mixtures_labels_on_disk_would(corpus, tmp_path):
+    """stages.label.include_labelled and max_mixtures choose the student's mixtures in
+    either label mode."""
+    overrides = tiny_overrides(corpus, steps=2, **{
+        "stages.label.max_mixtures": 5, "stages.label.include_labelled": False})
+    for mode in ("disk", "fly"):
+        config = load_config(None, overrides + [f"stages.label.mode={mode}"])
+        student = run_recipe(config, tmp_path / mode,
+                             stages=["teacher", "label", "student"])["stages"]["student"]
+        assert student["training_mixtures"] == 5, mode
 
 
 def test_top_k_and_active_outputs_by_hand():

@@ -353,6 +353,14 @@ class Recipe:
         one_epoch = budget.max_epochs == 1 and budget.max_steps is None
         return "fly" if one_epoch else "disk"
 
+    def _unlabelled_source(self) -> Manifest:
+        """The training mixtures the teacher labels for the student (either label mode):
+        stages.label.include_labelled and stages.label.max_mixtures applied."""
+        label = self.config.stages.label
+        source = self.train_rows if label.include_labelled else self.train_rows.select(
+            labelled=False)
+        return _subset(source, label.max_mixtures)
+
     # -- corpus ----------------------------------------------------------------------
 
     def prepare_corpus(self, progress: bool) -> Manifest:
@@ -590,7 +598,7 @@ class Recipe:
                     pseudo = Manifest.load(Path(label["manifest"]))
                     train = LabelledDataset(pseudo, segment, seed=t.seed, allow_unlabelled=True)
                 else:
-                    train = SegmentDataset(self.train_rows, segment, seed=t.seed)
+                    train = SegmentDataset(self._unlabelled_source(), segment, seed=t.seed)
                 init = (cfg.stages.distill.init if stage.name.startswith("distill")
                         else cfg.stages.student.init)
                 teacher = load_separator(teacher_ckpt)
@@ -685,9 +693,7 @@ class Recipe:
         if mode == "fly":
             return summary
         label = cfg.stages.label
-        source = self.train_rows if label.include_labelled else self.train_rows.select(
-            labelled=False)
-        source = _subset(source, label.max_mixtures)
+        source = self._unlabelled_source()
         todo = [i for i, row in enumerate(source.rows) if read_label_record(folder, row["id"])
                 is None]
         start = time.monotonic()
