@@ -656,7 +656,7 @@ class Recipe:
             _keep_metrics(folder)
             log.info("[%s] resuming from %s (step %d)", stage.name, last_path, resumed_step)
         trainer = self._trainer(folder, budget, callbacks)
-        trainer.fit(system, datamodule=data, ckpt_path=resume_from)
+        trainer.fit(system, datamodule=data, ckpt_path=resume_from, weights_only=True)
         trainer.save_checkpoint(last_path)
         if trainer.is_global_zero:
             _merge_metrics(folder)
