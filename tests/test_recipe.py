@@ -4,6 +4,7 @@ redoing changed ones, and resuming a killed run to the same weights."""
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_every_stage_leaves_its_outputs(full_run):
         folder = run / name
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["stage"] == name and summary["steps"] == 8
-        assert Path(summary["checkpoint"]).is_file()
+        assert (run / summary["checkpoint"]).is_file()  # stored relative to the run
         assert (folder / "checkpoints" / "last.ckpt").is_file()
         assert len(read_metrics(folder, "train_loss")) == 8
         assert read_metrics(folder, "val_si_snri")  # validated against true sources
@@ -52,7 +53,7 @@ def test_every_stage_leaves_its_outputs(full_run):
         assert evaluation["n_mixtures"] == 4
     for name in LABELS:
         summary = json.loads((run / name / "summary.json").read_text())
-        assert summary["mixtures"] == 16 and Path(summary["manifest"]).is_file()
+        assert summary["mixtures"] == 16 and (run / summary["manifest"]).is_file()
     assert json.loads((run / "supervised_full" / "summary.json").read_text())[
         "labelled_mixtures"] == 16
     assert json.loads((run / "finetune" / "summary.json").read_text())[
@@ -82,17 +83,31 @@ def test_changed_stage_is_redone_with_everything_downstream(full_run):
         assert out["stages"][name]["fingerprint"] != result["stages"][name]["fingerprint"]
 
 
-def test_a_setting_redoes_only_the_stages_that_read_it(full_run):
-    run, _, _, _ = full_run
-    before = {name: json.loads((run / name / "summary.json").read_text())
-              for name in ("teacher", "label", "student", "supervised_full")}
-    student_side = load_config(run / "config.yaml", ["model.student_consistency=uniform"])
-    teacher_side = load_config(run / "config.yaml", ["model.teacher_consistency=energy"])
-    out = run_recipe(student_side, run, stages=["student"])["stages"]
-    assert out["teacher"] == before["teacher"] and out["label"] == before["label"]
-    assert out["student"]["fingerprint"] != before["student"]["fingerprint"]
-    out = run_recipe(teacher_side, run, stages=["supervised_full"])["stages"]
-    assert out["supervised_full"] == before["supervised_full"]
+def test_a_moved_run_keeps_its_stages_and_a_setting_redoes_only_its_readers(
+        full_run, corpus, tmp_path):
+    run, _, result, _ = full_run
+    first, moved, moved_corpus = tmp_path / "first", tmp_path / "run", tmp_path / "corpus"
+    shutil.copytree(run, first)
+    first.rename(moved)  # nothing may point into the folder the run was finished in
+    shutil.copytree(corpus.parent, moved_corpus)
+    here = [f"corpus.manifest={moved_corpus / corpus.name}"]
+
+    def stamps() -> dict[str, int]:
+        return {n: (moved / n / "summary.json").stat().st_mtime_ns for n in result["stages"]}
+
+    before = stamps()
+    out = run_recipe(load_config(moved / "config.yaml", here), moved, stages=TRAINING)
+    assert stamps() == before
+    assert Path(out["stages"]["label"]["manifest"]).parent == moved / "label"
+
+    student_side = load_config(moved / "config.yaml", [*here, "model.student_consistency=uniform"])
+    teacher_side = load_config(moved / "config.yaml", [*here, "model.teacher_consistency=energy"])
+    run_recipe(student_side, moved, stages=["student"])
+    after = stamps()
+    assert after["student"] != before["student"]
+    assert (after["teacher"], after["label"]) == (before["teacher"], before["label"])
+    run_recipe(teacher_side, moved, stages=["supervised_full"])
+    assert stamps()["supervised_full"] == before["supervised_full"]
 
 
 # The child process kills itself (SIGKILL, no clean-up) as the batch after its periodic

@@ -130,16 +130,20 @@ class Manifest:
             if missing:
                 raise ManifestError(
                     f"manifest {path}: {len(missing)} referenced file(s) missing, first "
-                    f"{missing[0]}; paths are relative to the manifest's folder: move the "
-                    "corpus folder as a whole, or re-import it."
+                    f"{missing[0]}; relative paths start at the manifest's folder: move "
+                    "the corpus folder as a whole, or re-import it."
                 )
         return manifest
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the manifest atomically, paths relative to the folder of `path`."""
+    def save(self, path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+        """Write the manifest atomically. Files inside `root` (default: the folder of `path`)
+        are stored relative to that folder, others by absolute path: the manifest stays
+        valid when `root` is moved or copied as a whole, and wherever it is moved alone when
+        it points outside."""
         path = Path(path)
         folder = path.parent.resolve()
-        lines = [json.dumps(_relative_row(row, folder)) for row in self.rows]
+        inside = folder if root is None else Path(root).resolve()
+        lines = [json.dumps(_relative_row(row, folder, inside)) for row in self.rows]
         write_text_atomic(path, "\n".join(lines) + "\n")
         return path
 
@@ -496,9 +500,12 @@ def _row_paths(row: Mapping[str, Any]) -> list[str]:
     return paths + list(row.get("sources") or [])
 
 
-def _relative_row(row: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+def _relative_row(row: Mapping[str, Any], folder: Path, inside: Path) -> dict[str, Any]:
+    """`row` with its files relative to `folder` when they lie in `inside`, else absolute."""
+
     def rel(p: str) -> str:
-        return os.path.relpath(p, folder)
+        path = Path(p).resolve()
+        return os.path.relpath(path, folder) if path.is_relative_to(inside) else str(path)
 
     out = dict(row)
     if "mixture" in out:

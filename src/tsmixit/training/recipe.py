@@ -391,7 +391,10 @@ class Recipe:
             raise ManifestError(f"{path}: rows mix sample rates {sorted(rates)} or channel "
                                 f"counts {sorted(channels)}; import the corpus at one rate")
         self.sample_rate, self.channels = rates.pop(), channels.pop()
-        self.corpus_key = _hash([str(path), dataclasses.asdict(c)])
+        # The manifest's content, not its path: a moved or copied run folder (or corpus)
+        # keeps its finished stages.
+        settings = {k: v for k, v in dataclasses.asdict(c).items() if k != "manifest"}
+        self.corpus_key = _hash([hashlib.sha256(path.read_bytes()).hexdigest(), settings])
         self.manifest = manifest
         self.train_rows = manifest.select(split="train")
         self.labelled_train = self.train_rows.select(labelled=True)
@@ -464,7 +467,7 @@ class Recipe:
         path = self.run_dir / stage.name / "summary.json"
         if not path.is_file():
             return None
-        summary = json.loads(path.read_text())
+        summary = _located(json.loads(path.read_text()), self.run_dir)
         return summary if summary.get("fingerprint") == self.fingerprints[stage.name] else None
 
     def _open_stage(self, stage: _Stage) -> Path:
@@ -511,11 +514,12 @@ class Recipe:
             else:
                 summary = self._run_training(stage, folder)
             summary["fingerprint"] = self.fingerprints[stage.name]
+            stored = _relocatable(summary, self.run_dir)
             if _rank() == 0:
-                write_json_atomic(folder / "summary.json", summary)
+                write_json_atomic(folder / "summary.json", stored)
             _barrier()
             log.info("[%s] done: %s", stage.name, _line(summary))
-            self.summaries[stage.name] = summary
+            self.summaries[stage.name] = _located(stored, self.run_dir)
         return self.summaries
 
     def _trainer(self, folder: Path | None, budget: Budget | None, callbacks: list[Callback]
@@ -726,7 +730,7 @@ class Recipe:
                     new.pop("channel_map", None)
                 rows.append(new)
                 active.append(record["active_outputs"])
-            Manifest(rows, name=str(manifest_path)).save(manifest_path)
+            Manifest(rows, name=str(manifest_path)).save(manifest_path, root=self.run_dir)
             histogram = dict(sorted(Counter(active).items()))
             write_json_atomic(folder / "active_outputs.json", {
                 "threshold_db": label.active_threshold_db,
@@ -742,6 +746,29 @@ class Recipe:
         else:
             summary["manifest"] = str(manifest_path)
         return summary
+
+
+# Summary entries naming files: those in the run folder are stored relative to it (the
+# folder can be moved or copied) and are absolute in memory.
+_PATH_KEYS = ("checkpoint", "last_checkpoint", "manifest", "teacher")
+
+
+def _relocatable(summary: dict, run_dir: Path) -> dict:
+    root, out = run_dir.resolve(), dict(summary)
+    for key in _PATH_KEYS:
+        if isinstance(out.get(key), str):
+            path = Path(out[key]).resolve()
+            if path.is_relative_to(root):
+                out[key] = path.relative_to(root).as_posix()
+    return out
+
+
+def _located(summary: dict, run_dir: Path) -> dict:
+    out = dict(summary)
+    for key in _PATH_KEYS:
+        if isinstance(out.get(key), str) and not Path(out[key]).is_absolute():
+            out[key] = str(run_dir.resolve() / out[key])
+    return out
 
 
 def _labelled_count(stage: _Stage, train: Dataset) -> int:
