@@ -100,7 +100,7 @@ def test_a_moved_run_keeps_its_stages_and_a_setting_redoes_only_its_readers(
     assert stamps() == before
     assert Path(out["stages"]["label"]["manifest"]).parent == moved / "label"
 
-    student_side = load_config(moved / "config.yaml", [*here, "model.student_consistency=uniform"])
+    student_side = load_config(moved / "config.yaml", [*here, "model.student_consistency=energy"])
     teacher_side = load_config(moved / "config.yaml", [*here, "model.teacher_consistency=energy"])
     run_recipe(student_side, moved, stages=["student"])
     after = stamps()

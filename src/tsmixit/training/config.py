@@ -40,7 +40,7 @@ class ModelConfig:
     teacher_outputs: int = 4
     student_outputs: int = 2
     teacher_consistency: Literal["uniform", "energy"] | None = "uniform"
-    student_consistency: Literal["uniform", "energy"] | None = None
+    student_consistency: Literal["uniform", "energy"] | None = "uniform"
     # "all": a multi-channel model sees every microphone; "reference": microphone 0 only;
     # "both": all microphones in RUN, plus the same recipe on microphone 0 in RUN/mic0 (the
     # single- vs multi-channel comparison of the report).
