@@ -661,7 +661,7 @@ class Recipe:
             log.info("[%s] resuming from %s (step %d)", stage.name, last_path, resumed_step)
         trainer = self._trainer(folder, budget, callbacks)
         trainer.fit(system, datamodule=data, ckpt_path=resume_from, weights_only=True)
-        trainer.save_checkpoint(last_path)
+        trainer.save_checkpoint(last_path, weights_only=False)  # with optimizer and loop state
         if trainer.is_global_zero:
             _merge_metrics(folder)
         best_path = Path(best.best_model_path) if best and best.best_model_path else last_path
