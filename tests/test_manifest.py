@@ -67,6 +67,27 @@ def test_save_load_round_trip_with_relative_paths_and_moved_folder(tmp_path):
     np.testing.assert_array_equal(loaded.load_mixture(0, start=10, frames=5), _sig(300)[:, 10:15])
 
 
+def test_save_names_files_under_root_relatively_and_the_rest_absolutely(tmp_path):
+    run, data = tmp_path / "run", tmp_path / "data"
+    inside = _write(run / "corpus" / "m.wav", _sig(300))
+    outside = _write(data / "s1.wav", _sig(300, seed=1))
+    (run / "linked").symlink_to(data)  # a dataset linked into the run stays relative
+    row = {"id": "a", "split": "train", "labelled": True, "sample_rate": 8000, "channels": 1,
+           "num_frames": 300, "n_speakers": 2, "mixture": str(inside),
+           "sources": [str(outside), str(run / "linked" / "s1.wav")]}
+    Manifest([row]).save(run / "label" / "manifest.jsonl", root=run)
+    Manifest([row]).save(run / "label" / "alone.jsonl")
+    stored = json.loads((run / "label" / "manifest.jsonl").read_text())
+    assert stored["mixture"] == "../corpus/m.wav"
+    assert stored["sources"] == [str(outside), "../linked/s1.wav"]
+    alone = json.loads((run / "label" / "alone.jsonl").read_text())
+    assert alone["mixture"] == str(inside)  # outside its folder: absolute
+
+    shutil.move(run, tmp_path / "moved")
+    loaded = Manifest.load(tmp_path / "moved" / "label" / "manifest.jsonl")
+    np.testing.assert_array_equal(loaded.load_mixture(0), _sig(300))
+
+
 def test_segment_rows_read_mixture_from_start_and_sources_from_sources_start(tmp_path):
     _write(tmp_path / "long.wav", _sig(1000))
     _write(tmp_path / "pseudo.wav", _sig(200, seed=9))

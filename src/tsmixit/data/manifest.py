@@ -130,20 +130,17 @@ class Manifest:
             if missing:
                 raise ManifestError(
                     f"manifest {path}: {len(missing)} referenced file(s) missing, first "
-                    f"{missing[0]}; relative paths start at the manifest's folder: move "
-                    "the corpus folder as a whole, or re-import it."
+                    f"{missing[0]}; move the corpus folder back or as a whole (relative "
+                    "paths start at the manifest's folder), or re-import it."
                 )
         return manifest
 
     def save(self, path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
-        """Write the manifest atomically. Files inside `root` (default: the folder of `path`)
-        are stored relative to that folder, others by absolute path: the manifest stays
-        valid when `root` is moved or copied as a whole, and wherever it is moved alone when
-        it points outside."""
+        """Write atomically; files under `root` (default: the manifest's folder) relative to
+        the manifest's folder, others by absolute path."""
         path = Path(path)
-        folder = path.parent.resolve()
-        inside = folder if root is None else Path(root).resolve()
-        lines = [json.dumps(_relative_row(row, folder, inside)) for row in self.rows]
+        lines = [json.dumps(_relative_row(row, path.parent, Path(root or path.parent)))
+                 for row in self.rows]
         write_text_atomic(path, "\n".join(lines) + "\n")
         return path
 
@@ -500,12 +497,16 @@ def _row_paths(row: Mapping[str, Any]) -> list[str]:
     return paths + list(row.get("sources") or [])
 
 
-def _relative_row(row: Mapping[str, Any], folder: Path, inside: Path) -> dict[str, Any]:
-    """`row` with its files relative to `folder` when they lie in `inside`, else absolute."""
+def _relative_row(row: Mapping[str, Any], folder: Path, root: Path) -> dict[str, Any]:
+    """`row` with its files under `root` relative to `folder`, the others absolute. "Under"
+    by the path as written or with links resolved (a linked dataset inside stays relative)."""
 
     def rel(p: str) -> str:
-        path = Path(p).resolve()
-        return os.path.relpath(path, folder) if path.is_relative_to(inside) else str(path)
+        for resolve in (os.path.abspath, os.path.realpath):
+            path, base, top = Path(resolve(p)), resolve(folder), Path(resolve(root))
+            if path.is_relative_to(top):
+                return os.path.relpath(path, base)
+        return os.path.abspath(p)
 
     out = dict(row)
     if "mixture" in out:

@@ -14,6 +14,8 @@ Run folder (RUN):
         manifest.jsonl, audio/, rows/, active_outputs.json   (label stages)
         summary.json                written last: its existence means "stage finished"
     eval/<system>.json, model/, report.md
+Files in RUN are named relative to RUN (summaries, pseudo-label manifests, evaluations):
+the folder can be moved or copied whole.
 
 A stage is skipped when its summary.json exists with the current fingerprint (a hash of
 the config sections it depends on and of its upstream stages' fingerprints); a stage with
@@ -296,8 +298,9 @@ class Recipe:
     """One recipe run: the config, the run folder, the corpus and the stage plan."""
 
     def __init__(self, config: RecipeConfig, run_dir: Path, stages: list[str] | None,
-                 with_companion: bool = False) -> None:
+                 with_companion: bool = False, home: Path | None = None) -> None:
         self.config, self.run_dir = config, Path(run_dir)
+        self.home = Path(home or run_dir)  # the folder that moves as a whole (RUN for RUN/mic0)
         self.with_companion = with_companion  # model.channels = "both": mic 0 runs next
         self.only = set(stages) if stages else None
         self.plan = self._plan()
@@ -354,8 +357,7 @@ class Recipe:
         return "fly" if one_epoch else "disk"
 
     def _unlabelled_source(self) -> Manifest:
-        """The training mixtures the teacher labels for the student (either label mode):
-        stages.label.include_labelled and stages.label.max_mixtures applied."""
+        """The mixtures the student learns from (stages.label.include_labelled, max_mixtures)."""
         label = self.config.stages.label
         source = self.train_rows if label.include_labelled else self.train_rows.select(
             labelled=False)
@@ -484,7 +486,7 @@ class Recipe:
             if not marker.is_file():
                 write_json_atomic(marker, {"stage": stage.name,
                                            "fingerprint": self.fingerprints[stage.name],
-                                           "config": self._shared_sections()})
+                                           "config": self._shared_sections(stage.kind)})
         else:
             _wait_for(marker, f"the {stage.name} folder", self.fingerprints[stage.name])
         _barrier()
@@ -661,7 +663,7 @@ class Recipe:
             log.info("[%s] resuming from %s (step %d)", stage.name, last_path, resumed_step)
         trainer = self._trainer(folder, budget, callbacks)
         trainer.fit(system, datamodule=data, ckpt_path=resume_from, weights_only=True)
-        trainer.save_checkpoint(last_path, weights_only=False)  # with optimizer and loop state
+        trainer.save_checkpoint(last_path, weights_only=False)  # optimizer and loops too
         if trainer.is_global_zero:
             _merge_metrics(folder)
         best_path = Path(best.best_model_path) if best and best.best_model_path else last_path
@@ -722,7 +724,7 @@ class Recipe:
                     raise TrainingError(f"[{stage.name}] row {row['id']!r} was not labelled")
                 new = {**row, "labelled": False,
                        "sources": [str(folder / p) for p in record["sources"]],
-                       "pseudo_label": {"teacher": str(teacher_ckpt),
+                       "pseudo_label": {"teacher": _in_run(teacher_ckpt, self.run_dir),
                                         "active_outputs": record["active_outputs"]}}
                 if "mixture" in record:
                     new["mixture"] = str(folder / record["mixture"])
@@ -730,7 +732,7 @@ class Recipe:
                     new.pop("channel_map", None)
                 rows.append(new)
                 active.append(record["active_outputs"])
-            Manifest(rows, name=str(manifest_path)).save(manifest_path, root=self.run_dir)
+            Manifest(rows, name=str(manifest_path)).save(manifest_path, root=self.home)
             histogram = dict(sorted(Counter(active).items()))
             write_json_atomic(folder / "active_outputs.json", {
                 "threshold_db": label.active_threshold_db,
@@ -753,13 +755,17 @@ class Recipe:
 _PATH_KEYS = ("checkpoint", "last_checkpoint", "manifest", "teacher")
 
 
+def _in_run(path: str | Path, run_dir: Path) -> str:
+    """`path` relative to the run folder when it lies inside, else absolute."""
+    path, root = Path(path).resolve(), run_dir.resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
 def _relocatable(summary: dict, run_dir: Path) -> dict:
-    root, out = run_dir.resolve(), dict(summary)
+    out = dict(summary)
     for key in _PATH_KEYS:
         if isinstance(out.get(key), str):
-            path = Path(out[key]).resolve()
-            if path.is_relative_to(root):
-                out[key] = path.relative_to(root).as_posix()
+            out[key] = _in_run(out[key], run_dir)
     return out
 
 
@@ -869,7 +875,7 @@ def _evaluate(recipe: Recipe, progress: bool) -> dict[str, dict]:
                           k=cfg.model.student_outputs,
                           active_threshold_db=cfg.eval.active_threshold_db, progress=progress)
         result = json.loads(out.read_text())
-        result.update(recipe_key=stamp, checkpoint=summary["checkpoint"],
+        result.update(recipe_key=stamp, checkpoint=_in_run(summary["checkpoint"], recipe.run_dir),
                       train_seconds=summary.get("train_seconds"), steps=summary.get("steps"),
                       labelled_mixtures=summary.get("labelled_mixtures"))
         write_json_atomic(out, result)
@@ -905,9 +911,10 @@ def _export(recipe: Recipe) -> Path:
 
 
 def _run_one(config: RecipeConfig, run_dir: Path, fresh: bool, stages: list[str] | None,
-             with_companion: bool = False) -> tuple[Recipe, dict[str, Any]]:
+             with_companion: bool = False, home: Path | None = None
+             ) -> tuple[Recipe, dict[str, Any]]:
     """Every stage, evaluation and export of one run folder (no report)."""
-    recipe = Recipe(config, run_dir, stages, with_companion)
+    recipe = Recipe(config, run_dir, stages, with_companion, home)
     if fresh and _rank() == 0 and run_dir.exists():
         names = {st.name for st in recipe.plan} | {"corpus", "eval", "model", "config.yaml",
                                                    "report.md", "report.json", "plots",
@@ -968,7 +975,8 @@ def run_recipe(
             config, model=dataclasses.replace(config.model, channels="reference"),
             corpus=dataclasses.replace(config.corpus, manifest=str(
                 Path(recipe.manifest.name).resolve()), preset=None))
-        _, result[COMPANION] = _run_one(single, run_dir / COMPANION, fresh, stages)
+        _, result[COMPANION] = _run_one(single, run_dir / COMPANION, fresh, stages,
+                                        home=run_dir)
     if _rank() == 0 and recipe._wanted("report"):
         from tsmixit.evaluation.report import write_report
 
