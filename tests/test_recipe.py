@@ -1,6 +1,7 @@
 """The whole recipe on a tiny corpus: every stage's outputs, skipping finished stages,
 redoing changed ones, and resuming a killed run to the same weights."""
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from test_training import make_corpus, read_metrics, tiny_overrides, write_config
+from tsmixit.errors import TrainingError
 from tsmixit.training.config import load_config
 from tsmixit.training.recipe import load_checkpoint, run_recipe
 
@@ -113,6 +115,20 @@ def test_a_moved_run_keeps_its_stages_and_a_setting_redoes_only_its_readers(
     assert (after["teacher"], after["label"]) == (before["teacher"], before["label"])
     run_recipe(teacher_side, moved, stages=["supervised_full"])
     assert stamps()["supervised_full"] == before["supervised_full"]
+
+
+def test_a_run_folder_in_use_is_refused_until_it_is_free(corpus, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    config = load_config(None, tiny_overrides(corpus, steps=2))
+    with open(run / ".lock", "a+") as held:  # another recipe's lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 12345")
+        held.flush()
+        with pytest.raises(TrainingError, match=f"{run} is in use .*pid 12345"):
+            run_recipe(config, run, stages=["teacher"])
+        assert not (run / "teacher").exists()
+    assert run_recipe(config, run, stages=["teacher"])["stages"]["teacher"]["steps"] == 2
 
 
 # The child process kills itself (SIGKILL, no clean-up) as the batch after its periodic

@@ -31,8 +31,10 @@ reports; the Trainers share the work of training and pseudo-labelling.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -40,6 +42,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,32 @@ def _rank() -> int:
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold RUN/.lock (rank 0) while the recipe runs: a second recipe on the same folder would
+    resume from the first one's checkpoints while it still writes them."""
+    if _rank() != 0:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise TrainingError(
+                f"{run_dir} is in use by another tsmixit recipe ({holder}); wait for it to end "
+                "(it resumes where it stops) or choose another --run-dir") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _wait_for(path: Path, what: str, fingerprint: str | None = None,
@@ -964,22 +993,23 @@ def run_recipe(
     if quick:
         config = quick_config(config)
     run_dir = Path(run_dir)
-    both = config.model.channels == "both"
-    main = dataclasses.replace(config, model=dataclasses.replace(
-        config.model, channels="all")) if both else config
-    recipe, result = _run_one(main, run_dir, fresh, stages, with_companion=both)
-    if both:
-        if _rank() == 0:
-            write_text_atomic(run_dir / "config.yaml", config.to_yaml())
-        single = dataclasses.replace(
-            config, model=dataclasses.replace(config.model, channels="reference"),
-            corpus=dataclasses.replace(config.corpus, manifest=str(
-                Path(recipe.manifest.name).resolve()), preset=None))
-        _, result[COMPANION] = _run_one(single, run_dir / COMPANION, fresh, stages,
-                                        home=run_dir)
-    if _rank() == 0 and recipe._wanted("report"):
-        from tsmixit.evaluation.report import write_report
+    with _run_lock(run_dir):
+        both = config.model.channels == "both"
+        main = dataclasses.replace(config, model=dataclasses.replace(
+            config.model, channels="all")) if both else config
+        recipe, result = _run_one(main, run_dir, fresh, stages, with_companion=both)
+        if both:
+            if _rank() == 0:
+                write_text_atomic(run_dir / "config.yaml", config.to_yaml())
+            single = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, channels="reference"),
+                corpus=dataclasses.replace(config.corpus, manifest=str(
+                    Path(recipe.manifest.name).resolve()), preset=None))
+            _, result[COMPANION] = _run_one(single, run_dir / COMPANION, fresh, stages,
+                                            home=run_dir)
+        if _rank() == 0 and recipe._wanted("report"):
+            from tsmixit.evaluation.report import write_report
 
-        compare = [run_dir / COMPANION] if both else None
-        result["report"] = str(write_report(run_dir, compare=compare))
-    return result
+            compare = [run_dir / COMPANION] if both else None
+            result["report"] = str(write_report(run_dir, compare=compare))
+        return result
