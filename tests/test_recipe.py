@@ -4,17 +4,14 @@ redoing changed ones, and resuming a killed run to the same weights."""
 import fcntl
 import importlib.util
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_training import make_corpus, read_metrics, tiny_overrides, write_config
+from test_training import _cli, make_corpus, read_metrics, tiny_overrides, write_config
 from tsmixit.errors import TrainingError
 from tsmixit.training.config import load_config
 from tsmixit.training.recipe import load_checkpoint, run_recipe
@@ -155,13 +152,10 @@ def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
                                                     "train.val_every": 8})
     config_path = write_config(tmp_path / "config.yaml", overrides)
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "KILL_AT_STEP": str(kill_at)}
-    proc = subprocess.run(
-        [sys.executable, "-c", KILL_AFTER_CHECKPOINT, "recipe", "--config", str(config_path),
-         "--run-dir", str(killed), "--stages", "teacher"],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    proc = _cli(config_path, killed, "--stages", "teacher",
+                launcher=("-c", KILL_AFTER_CHECKPOINT), env={"KILL_AT_STEP": str(kill_at)})
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == -signal.SIGKILL, output
     assert not (killed / "teacher" / "summary.json").exists()
 
     config = load_config(config_path)

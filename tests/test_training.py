@@ -261,12 +261,14 @@ def test_corrupt_checkpoint_is_reported_with_its_path(corpus, tmp_path):
         run_recipe(config, tmp_path, stages=["teacher"])
 
 
-def _cli(config_path: Path, run: Path, *extra: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+def _cli(config_path: Path, run: Path, *extra: str, launcher: tuple[str, ...] = (
+        "-m", "tsmixit.cli"), env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`tsmixit recipe` in a child process (`launcher`: how Python starts the CLI)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "tsmixit.cli", "recipe", "--config", str(config_path),
+        [sys.executable, *launcher, "recipe", "--config", str(config_path),
          "--run-dir", str(run), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def write_config(path: Path, overrides: list[str]) -> Path:

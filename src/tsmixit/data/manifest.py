@@ -35,7 +35,7 @@ import os
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,8 +139,8 @@ class Manifest:
         """Write atomically; files under `root` (default: the manifest's folder) relative to
         the manifest's folder, others by absolute path."""
         path = Path(path)
-        lines = [json.dumps(_relative_row(row, path.parent, Path(root or path.parent)))
-                 for row in self.rows]
+        name = _file_namer(path.parent, Path(root or path.parent))
+        lines = [json.dumps(_relative_row(row, name)) for row in self.rows]
         write_text_atomic(path, "\n".join(lines) + "\n")
         return path
 
@@ -497,17 +497,25 @@ def _row_paths(row: Mapping[str, Any]) -> list[str]:
     return paths + list(row.get("sources") or [])
 
 
-def _relative_row(row: Mapping[str, Any], folder: Path, root: Path) -> dict[str, Any]:
-    """`row` with its files under `root` relative to `folder`, the others absolute. "Under"
-    by the path as written or with links resolved (a linked dataset inside stays relative)."""
+def _file_namer(folder: Path, root: Path) -> Callable[[str], str]:
+    """How a manifest in `folder` names a file: relative to `folder` when it lies under `root`
+    (by the path as written or with links resolved: a linked dataset inside stays relative),
+    else by absolute path. The folders are resolved once, not per file."""
+    bases = [(resolve(folder), Path(resolve(root)), resolve)
+             for resolve in (os.path.abspath, os.path.realpath)]
 
-    def rel(p: str) -> str:
-        for resolve in (os.path.abspath, os.path.realpath):
-            path, base, top = Path(resolve(p)), resolve(folder), Path(resolve(root))
+    def name(p: str) -> str:
+        for base, top, resolve in bases:
+            path = Path(resolve(p))
             if path.is_relative_to(top):
                 return os.path.relpath(path, base)
         return os.path.abspath(p)
 
+    return name
+
+
+def _relative_row(row: Mapping[str, Any], rel: Callable[[str], str]) -> dict[str, Any]:
+    """`row` with every file it names passed through `rel`."""
     out = dict(row)
     if "mixture" in out:
         out["mixture"] = rel(out["mixture"])
