@@ -9,15 +9,19 @@ PIT (same batch, n references = n estimates, negative SI-SNR, forward + backward
   loop         per-pair si_snr in a Python loop, then all permutations
   torchmetrics torchmetrics' permutation_invariant_training (speaker-wise SI-SNR)
   gram         tsmixit.losses.pit (pairwise matrix from one batched matrix product)
+Gram precision (why ``tsmixit.losses.GRAM_DTYPE`` is float64): the error of SI-SNR from
+float32 and float64 Gram matrices against a float64 time-axis SI-SNR, at set SNRs, and of the
+30 dB-capped MixIT loss; then the cost of PIT with each Gram dtype.
 
 Usage: python benchmarks/bench_losses.py [--device cuda] [--threads 1] [--repeats 7]
 """
 
 import argparse
+import contextlib
 import itertools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torchmetrics.functional.audio import (
@@ -25,6 +29,7 @@ from torchmetrics.functional.audio import (
     scale_invariant_signal_noise_ratio,
 )
 
+from tsmixit import losses
 from tsmixit.losses import (
     mixit,
     mixit_assignments,
@@ -112,6 +117,47 @@ def report(title: str, results: dict[str, tuple[float, torch.Tensor]], baseline:
         print(line)
 
 
+@contextlib.contextmanager
+def gram_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Run the Gram-matrix losses with inner products accumulated in `dtype`."""
+    saved, losses.GRAM_DTYPE = losses.GRAM_DTYPE, dtype
+    try:
+        yield
+    finally:
+        losses.GRAM_DTYPE = saved
+
+
+def gram_precision(batch: int, T: int, device: torch.device, repeats: int) -> None:
+    """Print the largest SI-SNR and MixIT-loss errors of float32 and float64 Gram matrices
+    (float32 signals) against float64 time-axis values, and PIT's time with each."""
+    print("Gram precision: max |error| against float64 on the time axis (float32 signals)")
+    ref = torch.randn(batch, 2, T, device=device)
+    for snr_db in (30.0, 40.0, 60.0):
+        noise = torch.randn_like(ref)
+        noise *= ref.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True)
+        est = ref + noise * 10.0 ** (-snr_db / 20.0)  # SNR = snr_db exactly, per source
+        exact_si = si_snr(est.double(), ref.double())  # (B, 2)
+        exact_mixit = mixit_einsum(est.double(), ref.double())  # (B,), capped at 30 dB
+        line = f"  SNR {snr_db:4.0f} dB:"
+        for dtype in (torch.float32, torch.float64):
+            with gram_dtype(dtype):
+                si = -pairwise_neg_si_snr(est, ref).diagonal(dim1=1, dim2=2)  # (B, 2)
+                loss = mixit(est, ref)[0]  # (B,)
+            si_err = (si.double() - exact_si).abs().max().item()
+            mixit_err = (loss.double() - exact_mixit).abs().max().item()
+            line += (f"   {str(dtype).removeprefix('torch.')}: SI-SNR {si_err:.1e} dB, "
+                     f"MixIT {mixit_err:.1e} dB")
+        print(line)
+    est = (ref + torch.randn_like(ref)).requires_grad_(True)
+    times = {}
+    for dtype in (torch.float32, torch.float64):
+        with gram_dtype(dtype):
+            times[dtype], _ = time_it(lambda e, r: pit(e, r)[0], est, ref, repeats)
+    print(f"  PIT n=2 forward + backward: float32 Gram {times[torch.float32] * 1e3:.2f} ms, "
+          f"float64 Gram {times[torch.float64] * 1e3:.2f} ms "
+          f"({times[torch.float64] / times[torch.float32]:.1f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -155,6 +201,8 @@ def main() -> None:
             ),
         }
         report(f"PIT n={n} (negative SI-SNR), forward + backward", results, "loop")
+
+    gram_precision(args.batch, T, device, args.repeats)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from tsmixit.inference import separate_files
 from tsmixit.model_files import load_model, save_model
 from tsmixit.models.conv_tasnet import ConvTasNet
-from tsmixit.separate import separate_files
 
 SR = 8000
 

@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from tsmixit import audio
 from tsmixit.audio import (
     ResampleWarning,
     check_not_silent,
+    model_channels,
     read_audio,
     resample,
     write_audio,
@@ -125,3 +127,32 @@ def test_atomic_write_leaves_no_partial_file_when_the_writer_fails(tmp_path, mon
         write_audio(target, _noise(1, 100), 8000)
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]
     np.testing.assert_allclose(read_audio(target)[0], 0.5, atol=1e-4)  # old file intact
+
+
+def test_channel_policy_keeps_a_matching_input():
+    x = _noise(3, 50)
+    fed, note = model_channels(x, 3, "a.wav")
+    assert fed is x and note is None
+    mono = torch.from_numpy(_noise(1, 50))
+    fed, note = model_channels(mono, 1, "a.wav")
+    assert fed is mono and note is None
+
+
+def test_channel_policy_feeds_a_mono_model_microphone_0():
+    x = _noise(4, 60, seed=1)  # (C, T)
+    fed, note = model_channels(x, 1, "room.wav")
+    np.testing.assert_array_equal(fed, x[:1])  # microphone 0, not the average of the four
+    assert not np.allclose(fed, x.mean(axis=0, keepdims=True))
+    assert note.startswith("room.wav has 4 channels") and "microphone 0" in note
+    batch = torch.from_numpy(np.stack([_noise(2, 30, seed=2), _noise(2, 30, seed=3)]))
+    fed, note = model_channels(batch, 1, "batch")  # (B, C, T) -> (B, 1, T)
+    assert torch.is_tensor(fed) and fed.shape == (2, 1, 30)
+    assert torch.equal(fed[:, 0], batch[:, 0]) and "2 channels" in note
+
+
+@pytest.mark.parametrize("n_in, n_model", [(2, 4), (6, 4), (0, 1)])
+def test_channel_policy_refuses_another_array(n_in, n_model):
+    x = np.zeros((n_in, 10), np.float32)
+    with pytest.raises(AudioError, match=rf"row 'm1' has {n_in} channel\(s\), the model takes "
+                                         rf"{n_model} microphone.*training array"):
+        model_channels(x, n_model, "test.jsonl: row 'm1'")

@@ -6,15 +6,16 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from tsmixit.cli import _overrides, _recipe_summary, main
+from tsmixit.cli import _recipe_summary, main
 from tsmixit.model_files import save_model
 from tsmixit.models.conv_tasnet import ConvTasNet
+from tsmixit.training.config import parse_overrides
 
 SR = 8000
 
 
 def test_set_values_keep_their_yaml_types():
-    assert _overrides(["train.lr=5e-4", "model.preset=tiny", "a.b=[0, 1]", "c=null"]) == {
+    assert parse_overrides(["train.lr=5e-4", "model.preset=tiny", "a.b=[0, 1]", "c=null"]) == {
         "train.lr": 5e-4, "model.preset": "tiny", "a.b": [0, 1], "c": None,
     }
 

@@ -10,6 +10,7 @@ from tsmixit.models.conv_tasnet import (
     ConvTasNet,
     CumulativeLayerNorm,
     DepthwiseConv,
+    MaskNetwork,
     PReLU,
     PReLUNorm,
     make_norm,
@@ -223,6 +224,17 @@ def test_spatial_encoder_is_wired_in():
         assert (model(x) - out).abs().max() > 1e-4
         # Without spatial features, only the reference microphone matters.
         torch.testing.assert_close(model(other_mic1), model(x))
+
+
+def test_mask_network_keeps_the_state_dict_keys():
+    model = ConvTasNet.from_preset("tiny", n_channels=2)
+    assert isinstance(model.separator, MaskNetwork)
+    keys = list(model.state_dict())
+    assert keys[:3] == ["encoder.weight", "spatial_encoder.weight", "separator.in_norm.weight"]
+    assert "separator.repeats.1.3.skip_conv.weight" in keys
+    assert "separator.repeats.1.3.res_conv.weight" not in keys  # the last block has none
+    assert keys[-3:] == ["separator.mask_conv.weight", "separator.mask_conv.bias",
+                         "decoder.weight"]
 
 
 def test_hparams_rebuild_the_same_model():

@@ -9,7 +9,6 @@ from tsmixit.data.datasets import (
     LabelledDataset,
     MixtureOfMixturesDataset,
     SegmentDataset,
-    pad_collate,
 )
 from tsmixit.data.manifest import Manifest
 from tsmixit.errors import ManifestError
@@ -67,10 +66,10 @@ def test_segment_dataset_crops_are_slices_deterministic_per_seed_epoch_index(tmp
 
 def test_mixture_of_mixtures_sums_two_different_mixtures(tmp_path):
     manifest = _file_corpus(tmp_path, channels=2)
-    data = MixtureOfMixturesDataset(manifest, segment_frames=250, seed=0, epoch_length=7)
-    assert len(data) == 7
+    data = MixtureOfMixturesDataset(manifest, segment_frames=250, seed=0)
+    assert len(data) == len(manifest) == 4  # one MoM per mixture and epoch
     fulls = [manifest.load_mixture(i) for i in range(len(manifest))]
-    for index in range(7):
+    for index in range(len(data)):
         item = data[index]
         mom, refs = item["mixture"].numpy(), item["references"].numpy()
         assert mom.shape == (2, 250) and refs.shape == (2, 250)
@@ -82,8 +81,8 @@ def test_mixture_of_mixtures_sums_two_different_mixtures(tmp_path):
             for r in refs
         ]
         assert origin[0] != origin[1]
-    assert torch.equal(data[4]["mixture"], MixtureOfMixturesDataset(
-        manifest, 250, seed=0, epoch_length=7)[4]["mixture"])
+    assert torch.equal(data[3]["mixture"], MixtureOfMixturesDataset(
+        manifest, 250, seed=0)[3]["mixture"])
 
 
 def test_mixture_of_mixtures_rescales_consistently_when_it_would_clip(tmp_path):
@@ -128,7 +127,7 @@ def test_unsupervised_datasets_never_open_source_files(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Manifest, "load_sources", forbidden)
     for data in (SegmentDataset(manifest, 200), SegmentDataset(manifest, None),
-                 MixtureOfMixturesDataset(manifest, 200, epoch_length=8)):
+                 MixtureOfMixturesDataset(manifest, 200)):
         for index in range(len(data)):
             assert torch.isfinite(data[index]["mixture"]).all()
     assert opened and not sources & set(opened)
@@ -151,24 +150,14 @@ def test_labelled_dataset_pairs_mixture_and_sources_on_one_window(tmp_path):
     assert len(pseudo) == 4 and pseudo[0]["sources"].shape == (2, 300)
 
 
-def test_pad_collate_pads_and_reports_lengths(tmp_path):
-    manifest = _file_corpus(tmp_path, labelled=[True] * 4)
-    data = LabelledDataset(manifest, None)
-    batch = pad_collate([data[0], data[2]])
-    assert batch["mixture"].shape == (2, 1, 400) and batch["sources"].shape == (2, 2, 400)
-    assert batch["lengths"].tolist() == [300, 400]
-    assert torch.all(batch["mixture"][0, :, 300:] == 0)
-    torch.testing.assert_close(batch["sources"][0, :, :300], data[0]["sources"])
-
-
 def test_dataloader_workers_reproduce_direct_indexing_for_each_epoch(tmp_path):
     manifest = _file_corpus(tmp_path)
-    data = MixtureOfMixturesDataset(manifest, 150, seed=5, epoch_length=6)
-    loader = torch.utils.data.DataLoader(data, batch_size=3, num_workers=2)
+    data = MixtureOfMixturesDataset(manifest, 150, seed=5)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2)  # a batch each
     for epoch in (0, 1):
         data.set_epoch(epoch)
         loaded = torch.cat([batch["mixture"] for batch in loader])
-        direct = torch.stack([data[i]["mixture"] for i in range(6)])
-        assert torch.equal(loaded, direct)
+        direct = torch.stack([data[i]["mixture"] for i in range(len(data))])
+        assert loaded.shape[0] == len(manifest) and torch.equal(loaded, direct)
     data.set_epoch(0)
-    assert not torch.equal(direct, torch.stack([data[i]["mixture"] for i in range(6)]))
+    assert not torch.equal(direct, torch.stack([data[i]["mixture"] for i in range(len(data))]))

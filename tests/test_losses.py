@@ -274,3 +274,21 @@ def test_values_and_gradients_finite_for_silence(loss_fn):
     assert torch.isfinite(loss).all()
     loss.sum().backward()
     assert torch.isfinite(est.grad).all()
+
+
+def test_mixit_trains_after_a_first_call_in_inference_mode():
+    """The cached assignments are made outside inference mode: evaluation first, then a
+    training step in the same process (the report's comparison runs do this)."""
+    from tsmixit import losses
+
+    losses.mixit_assignments.cache_clear()
+    losses._permutations.cache_clear()
+    est64, mixtures64 = random_mom(2, 4, 2, 400)
+    with torch.inference_mode():
+        mixit(est64, mixtures64)
+        pit(est64[:, :2], mixtures64)
+    est = est64.clone().requires_grad_(True)
+    loss, _ = mixit(est, mixtures64)
+    pit_loss, _ = pit(est[:, :2], mixtures64)
+    (loss.sum() + pit_loss.sum()).backward()
+    assert est.grad is not None and torch.isfinite(est.grad).all()

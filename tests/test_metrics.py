@@ -1,35 +1,43 @@
-"""Evaluation metrics against independent computations (torchmetrics, fast-bss-eval, brute
-force over groupings, hand-worked cases)."""
+"""Metrics (tsmixit.metrics) against independent computations (torchmetrics, fast-bss-eval,
+brute force over groupings, hand-worked cases)."""
 
 import itertools
-import json
-import sys
-import types
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from torch import nn
 from torchmetrics.functional.audio import scale_invariant_signal_noise_ratio as tm_si_snr
 from torchmetrics.functional.audio import signal_distortion_ratio as tm_sdr
 
-from tsmixit.data.manifest import Manifest
-from tsmixit.evaluation.metrics import (
+from conftest import gaussian_signals as _signals
+from tsmixit.errors import ModelFileError
+from tsmixit.losses import si_snr
+from tsmixit.metrics import (
     active_output_count,
-    evaluate_path,
-    evaluate_separator,
+    mixture_si_snr,
     oracle_grouping,
     score_mixture,
+    si_snri_oracle,
+    si_snri_pit,
+    top_k_by_energy,
+    top_k_outputs,
 )
-from tsmixit.model_files import save_model
-from tsmixit.models.conv_tasnet import ConvTasNet
-
-SR = 8000
 
 
-def _signals(n: int, T: int, seed: int) -> torch.Tensor:
-    return torch.from_numpy(np.random.default_rng(seed).standard_normal((n, T))).float()
+def _brute_force_grouping(est, ref, allow_empty):
+    """Best mean SI-SNR over every assignment of outputs to references, group sums on the
+    time axis in float64: (M, T), (k, T) -> (score, groups)."""
+    n_out, k = est.shape[0], ref.shape[0]
+    best_score, best_groups = -np.inf, None
+    for groups in itertools.product(range(k), repeat=n_out):
+        if not allow_empty and len(set(groups)) < k:
+            continue
+        sums = torch.stack([est[[m for m in range(n_out) if groups[m] == j]].sum(0)
+                            for j in range(k)])
+        score = float(si_snr(sums.double(), ref.double()).mean())
+        if score > best_score:
+            best_score, best_groups = score, groups
+    return best_score, list(best_groups)
 
 
 def test_estimate_equal_to_reference_and_to_mixture():
@@ -81,10 +89,44 @@ def test_oracle_grouping_equals_brute_force():
         score = float(tm_si_snr(sums.double(), ref.double()).mean())
         if score > best_score:
             best_score, best_groups = score, groups
-    A = oracle_grouping(est, ref)
+    A, _ = oracle_grouping(est, ref, allow_empty=False)
     assert A.argmax(dim=0).tolist() == list(best_groups) == [0, 1, 1, 0]
     row = score_mixture(est, ref, ref.sum(0))
     assert row["si_snr_oracle"] == pytest.approx(best_score, abs=1e-3)
+
+
+@pytest.mark.parametrize("allow_empty", [False, True])
+@pytest.mark.parametrize("n_out, k", [(3, 2), (4, 2), (4, 3)])
+def test_both_oracle_options_equal_brute_force(allow_empty, n_out, k):
+    ref = torch.stack([_signals(k, 2000, 20 + b) for b in range(3)])  # (B, k, T)
+    g = torch.Generator().manual_seed(n_out * 10 + k)
+    owner = torch.randint(0, k, (n_out,), generator=g)
+    est = torch.stack([_signals(n_out, 2000, 30 + b) for b in range(3)]) + 2.0 * ref[:, owner]
+    est[1, 0] *= 0.01  # a near-silent output
+    A, score = oracle_grouping(est, ref, allow_empty=allow_empty)  # (B, k, M), (B,)
+    assert A.shape == (3, k, n_out) and score.shape == (3,)
+    for b in range(3):
+        want_score, want_groups = _brute_force_grouping(est[b], ref[b], allow_empty)
+        assert A[b].argmax(dim=0).tolist() == want_groups
+        assert torch.equal(A[b].sum(dim=0), torch.ones(n_out))  # one group per output
+        assert float(score[b]) == pytest.approx(want_score, abs=1e-3)
+
+
+def test_oracle_options_differ_where_an_empty_group_scores_best():
+    ref = _signals(2, 4000, 7)
+    # Output 0 is source 0; output 1 is weak noise, worse for source 1 than nothing (0 dB).
+    est = torch.stack([ref[0] + 0.01 * _signals(1, 4000, 8)[0], 0.05 * _signals(1, 4000, 9)[0]])
+    A_empty, score_empty = oracle_grouping(est, ref, allow_empty=True)
+    A_full, score_full = oracle_grouping(est, ref, allow_empty=False)
+    assert A_empty.argmax(dim=0).tolist() == [0, 0]  # source 1 gets no output
+    assert A_full.argmax(dim=0).tolist() == [0, 1]
+    assert score_empty > score_full + 10
+    assert float(si_snr(torch.zeros(4000), ref[1])) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_oracle_refuses_too_many_groupings():
+    with pytest.raises(ModelFileError, match="candidates"):
+        oracle_grouping(torch.randn(17, 100), torch.randn(2, 100), allow_empty=False)
 
 
 def test_over_separation_oracle_beats_topk():
@@ -106,90 +148,21 @@ def test_active_output_count():
     assert active_output_count(est, -3.0) == 1
 
 
-class HalfWaves(nn.Module):
-    """Per-sample 'separator' [max(x, 0), min(x, 0), 0.01 x]: zero padding cannot change it,
-    so batched full-length results must equal one-mixture-at-a-time scores."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hparams = {"n_sources": 3, "n_channels": 1}
-        self.anchor = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x):  # (B, T) -> (B, 3, T)
-        return torch.stack([x.clamp_min(0), x.clamp_max(0), 0.01 * x], dim=1)
+def test_top_k_by_energy_keeps_the_loudest_in_order():
+    est = _signals(4, 500, 10) * torch.tensor([[0.5], [2.0], [0.1], [1.0]])
+    assert top_k_outputs(est, 2).tolist() == [1, 3]
+    assert torch.equal(top_k_by_energy(est[None], 2)[0], est[[1, 3]])
 
 
-def _write_corpus(folder, lengths, layout="manifest"):
-    rows = []
-    for n, T in enumerate(lengths):
-        src = _signals(2, T, 10 + n).numpy() * 0.1
-        if layout == "wsj":
-            paths = [folder / "tt" / d / f"m{n}.wav" for d in ("mix", "s1", "s2")]
-        else:
-            paths = [folder / f"{n}_{d}.wav" for d in ("mix", "s1", "s2")]
-        for path, wav in zip(paths, [src.sum(0), src[0], src[1]], strict=True):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, wav, SR, subtype="FLOAT")
-        rows.append({"id": f"m{n}", "split": "test", "labelled": False, "sample_rate": SR,
-                     "channels": 1, "num_frames": T, "n_speakers": 2,
-                     "mixture": paths[0].name, "sources": [p.name for p in paths[1:]]})
-    return rows
-
-
-def test_evaluate_separator_batches_by_length(tmp_path):
-    lengths = [4000, 4100, 2500, 6000, 3900]
-    manifest = Manifest(_write_corpus(tmp_path, lengths), tmp_path)
-    model = HalfWaves()
-    result = evaluate_separator(model, manifest, batch_size=2, progress=False,
-                                example_index=3, example_path=tmp_path / "ex.npz")
-    assert [r["id"] for r in result["per_mixture"]] == [f"m{n}" for n in range(5)]
-    for i, row in enumerate(result["per_mixture"]):
-        mix = torch.from_numpy(manifest.load_mixture(i)[0])
-        want = score_mixture(model(mix[None])[0], torch.from_numpy(manifest.load_sources(i, True)),
-                             mix)
-        for key, value in want.items():
-            assert row[key] == pytest.approx(value, abs=1e-4), key
-        assert row["active_outputs"] == 2
-    mean = result["mean"]
-    assert mean["si_snri_topk"] == pytest.approx(
-        np.mean([r["si_snri_topk"] for r in result["per_mixture"]]))
-    assert mean["over_separated"] == 0.0
-    example = np.load(tmp_path / "ex.npz")
-    assert str(example["id"]) == "m3" and example["outputs"].shape == (3, 6000)
-
-
-def test_optional_quality_metrics_when_installed(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "pesq", types.SimpleNamespace(pesq=lambda *a: 3.25))
-    monkeypatch.setitem(sys.modules, "pystoi",
-                        types.SimpleNamespace(stoi=lambda ref, est, sr, extended: 0.5))
-    manifest = Manifest(_write_corpus(tmp_path, [3000]), tmp_path)
-    result = evaluate_separator(HalfWaves(), manifest, progress=False)
-    assert result["quality_metrics"] == ["pesq_topk", "stoi_topk"]
-    assert result["mean"]["pesq_topk"] == 3.25 and result["mean"]["stoi_topk"] == 0.5
-
-
-def test_evaluate_path_on_a_wsj0_2mix_folder(tmp_path):
-    _write_corpus(tmp_path / "wsj", [3000, 3200], layout="wsj")
-    model = ConvTasNet.from_preset("tiny", n_sources=4)
-    save_model(model, tmp_path / "model", SR, {})
-    result = evaluate_path(tmp_path / "model", tmp_path / "wsj", json_out=tmp_path / "r.json",
-                           progress=False)
-    assert result["n_mixtures"] == 2 and result["n_outputs"] == 4
-    assert json.loads((tmp_path / "r.json").read_text())["mean"] == result["mean"]
-    assert all(1 <= r["active_outputs"] <= 4 for r in result["per_mixture"])
-
-
-def test_multichannel_rows_feed_every_mic_or_mic_0(tmp_path):
-    rows = _write_corpus(tmp_path, [2400])
-    stereo = np.stack([sf.read(tmp_path / "0_mix.wav")[0], 0.5 * sf.read(tmp_path / "0_s1.wav")[0]])
-    sf.write(tmp_path / "0_mix.wav", stereo.T, SR, subtype="FLOAT")
-    rows[0]["channels"] = 2
-    manifest = Manifest(rows, tmp_path)
-    mix = torch.from_numpy(manifest.load_mixture(0))  # (2, T)
-    ref = torch.from_numpy(manifest.load_sources(0, allow_unlabelled=True))
-    for n_channels, inputs in ((2, mix[None]), (1, mix[:1])):
-        model = ConvTasNet.from_preset("tiny", n_channels=n_channels).eval()
-        row = evaluate_separator(model, manifest, progress=False)["per_mixture"][0]
-        with torch.inference_mode():
-            want = score_mixture(model(inputs)[0], ref, mix[0])
-        assert row["si_snri_topk"] == pytest.approx(want["si_snri_topk"], abs=1e-4)
+def test_validation_si_snri_against_torchmetrics():
+    ref = torch.stack([_signals(2, 3000, 11), _signals(2, 3000, 12)])  # (B, 2, T)
+    mixture = ref.sum(dim=1)  # (B, T)
+    est = ref.flip(1) + 0.3 * torch.stack([_signals(2, 3000, 13), _signals(2, 3000, 14)])
+    baseline = tm_si_snr(mixture[:, None].expand_as(ref).double(), ref.double())  # (B, 2)
+    torch.testing.assert_close(mixture_si_snr(mixture, ref).double(), baseline,
+                               atol=1e-4, rtol=0)
+    want = tm_si_snr(est.flip(1).double(), ref.double()).mean(-1) - baseline.mean(-1)
+    torch.testing.assert_close(si_snri_pit(est, ref, mixture).double(), want, atol=1e-4, rtol=0)
+    # Two outputs, two sources: the oracle with empty groups is the best pairing here.
+    torch.testing.assert_close(si_snri_oracle(est, ref, mixture), si_snri_pit(est, ref, mixture),
+                               atol=1e-4, rtol=0)

@@ -12,7 +12,8 @@ import torch
 from tsmixit import load_model as package_load_model
 from tsmixit.audio import resample
 from tsmixit.errors import ModelFileError
-from tsmixit.model_files import ChannelNote, export_onnx, load_model, save_model
+from tsmixit.inference import ChannelNote
+from tsmixit.model_files import export_onnx, load_model, save_model
 from tsmixit.models.conv_tasnet import ConvTasNet
 
 SR = 8000
@@ -52,7 +53,7 @@ def test_round_trip_gives_identical_outputs(saved):
     assert package_load_model(folder).n_outputs == 3
 
 
-def test_separate_resamples_in_and_out_and_mixes_down(saved):
+def test_separate_resamples_in_and_out_and_feeds_mic_0(saved):
     model, folder = saved
     separator = load_model(folder)
     wav = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
@@ -61,10 +62,12 @@ def test_separate_resamples_in_and_out_and_mixes_down(saved):
     with torch.inference_mode():
         at_model = model(torch.from_numpy(resample(wav, 16000, SR))[None])[0].numpy()
     np.testing.assert_allclose(got, resample(at_model, SR, 16000)[:, :16000], atol=1e-6)
-    stereo = np.stack([wav, 0.5 * wav])
-    with pytest.warns(ChannelNote, match="mixed down"):
-        mixed = separator.separate(torch.from_numpy(stereo), 16000)
-    np.testing.assert_allclose(mixed, separator.separate(stereo.mean(0), 16000), atol=1e-6)
+    other = np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.1
+    stereo = np.stack([wav, other])
+    with pytest.warns(ChannelNote, match="fed microphone 0"):
+        fed = separator.separate(torch.from_numpy(stereo), 16000)
+    np.testing.assert_allclose(fed, got, atol=1e-6)  # microphone 0 alone, not the average
+    assert np.abs(fed - separator.separate(stereo.mean(0), 16000)).max() > 1e-3
 
 
 def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path, saved):
@@ -130,6 +133,21 @@ def test_lightning_checkpoint_loads_weights_only(tmp_path):
     x = torch.randn(1, 2000)
     with torch.inference_mode():
         assert torch.equal(separator.model(x), system.model.eval()(x))
+
+
+def test_checkpoints_of_another_layout_are_refused(tmp_path):
+    layouts = {
+        "list": {"state_dict": {}, "hyper_parameters": []},
+        "no_hparams": {"state_dict": {}, "hyper_parameters": {"sample_rate": SR}},
+        "bogus": {"state_dict": {}, "hyper_parameters": {"sample_rate": SR,
+                                                         "model_hparams": {"bogus": 1}}},
+        "no_weights": {"state_dict": {}, "hyper_parameters": {
+            "sample_rate": SR, "model_hparams": ConvTasNet.from_preset("tiny").hparams}},
+    }
+    for name, ckpt in layouts.items():
+        torch.save(ckpt, tmp_path / f"{name}.ckpt")
+        with pytest.raises(ModelFileError, match="weights-only tsmixit training checkpoints"):
+            load_model(tmp_path / f"{name}.ckpt")
 
 
 @pytest.mark.parametrize("n_channels", [1, 2])

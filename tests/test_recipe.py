@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_training import _cli, make_corpus, read_metrics, tiny_overrides, write_config
+from conftest import cli_recipe, make_corpus, read_metrics, tiny_overrides, write_config
 from tsmixit.errors import TrainingError
+from tsmixit.recipe import run_recipe
+from tsmixit.training.checkpoints import load_checkpoint
 from tsmixit.training.config import load_config
-from tsmixit.training.recipe import load_checkpoint, run_recipe
 
 HAS_REPORT = importlib.util.find_spec("tsmixit.evaluation.report") is not None
 TRAINING = ["teacher", "student", "finetune", "distill1_student", "distill1_finetune",
@@ -152,7 +153,7 @@ def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
                                                     "train.val_every": 8})
     config_path = write_config(tmp_path / "config.yaml", overrides)
     killed = tmp_path / "killed"
-    proc = _cli(config_path, killed, "--stages", "teacher",
+    proc = cli_recipe(config_path, killed, "--stages", "teacher",
                 launcher=("-c", KILL_AFTER_CHECKPOINT), env={"KILL_AT_STEP": str(kill_at)})
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == -signal.SIGKILL, output
@@ -207,8 +208,7 @@ def test_both_channel_layouts_on_single_channel_data_are_refused_before_training
 
 
 def test_quick_config_caps_every_budget():
-    from tsmixit.training.config import BUDGET_STAGES, stage_budget
-    from tsmixit.training.recipe import QUICK, quick_config
+    from tsmixit.training.config import BUDGET_STAGES, QUICK, quick_config, stage_budget
 
     config = load_config(Path(__file__).parent.parent / "configs" / "demo.yaml")
     quick = quick_config(config)
@@ -222,3 +222,17 @@ def test_quick_config_caps_every_budget():
     assert stage_budget(config, "distill").max_steps == 600
     config.stages.distill.max_steps = None
     assert stage_budget(config, "distill") == stage_budget(config, "student")
+
+
+def test_a_run_folder_of_the_previous_layout_is_refused_until_fresh(corpus, tmp_path):
+    config = load_config(None, tiny_overrides(corpus, steps=2))
+    run_recipe(config, tmp_path, stages=["teacher"])
+    path = tmp_path / "teacher" / "summary.json"
+    old = json.loads(path.read_text())
+    for key in ("layout", "round", "order", "labels", "upstream"):
+        old.pop(key)  # what the summaries of the previous layout held
+    path.write_text(json.dumps(old))
+    with pytest.raises(TrainingError, match="earlier version of tsmixit.*--fresh"):
+        run_recipe(config, tmp_path, stages=["teacher"])
+    result = run_recipe(config, tmp_path, stages=["teacher"], fresh=True)
+    assert result["stages"]["teacher"]["layout"] == json.loads(path.read_text())["layout"]

@@ -3,8 +3,11 @@
 import json
 
 import numpy as np
+import pytest
 
+from tsmixit.errors import TrainingError
 from tsmixit.evaluation.report import write_report
+from tsmixit.training.run_folder import LAYOUT
 
 SR = 8000
 # system: (SI-SNRi top-k, SDRi top-k, active outputs per mixture, train seconds, oracle SI-SNRi)
@@ -15,6 +18,15 @@ SYSTEMS = {
     "student": (6.50, 7.20, [2, 2, 2, 2], 300.0, None),
     "finetune": (8.75, 9.30, [2, 2, 2, 2], 60.0, None),
 }
+# What the stage plan records of each (tsmixit.training.plan.Stage.record): kind, round,
+# order, labels, upstream. The label stage is left out: the student's upstream is the teacher.
+RECORDS = {
+    "teacher": ("teacher", 0, 0, "none", []),
+    "student": ("student", 0, 2, "none", ["teacher"]),
+    "finetune": ("finetune", 0, 3, "fraction", ["student"]),
+    "supervised_full": ("supervised", None, 7, "all", []),
+    "supervised_fraction": ("supervised", None, 8, "fraction", []),
+}
 
 
 def _make_run(run, n_channels=1, shift=0.0):
@@ -23,8 +35,10 @@ def _make_run(run, n_channels=1, shift=0.0):
     for system, (si, sdr, active, seconds, oracle) in SYSTEMS.items():
         stage = run / system
         stage.mkdir(parents=True)
+        kind, round_, order, labels, upstream = RECORDS[system]
         (stage / "summary.json").write_text(json.dumps({
-            "stage": system, "system": system, "kind": system, "train_seconds": seconds,
+            "stage": system, "system": system, "kind": kind, "round": round_, "order": order,
+            "labels": labels, "upstream": upstream, "layout": LAYOUT, "train_seconds": seconds,
             "steps": 100, "labelled_mixtures": 40 if system != "supervised_full" else 400}))
         lines = ["epoch,step,train_loss,val_loss,val_si_snri"]
         lines += [f"0,{s},{-s / 10:.2f},,"for s in range(0, 100, 10)]
@@ -97,3 +111,13 @@ def test_multichannel_claim_with_a_compared_run(tmp_path):
 def test_report_of_an_empty_run_says_so(tmp_path):
     report = write_report(tmp_path)
     assert "No evaluated systems yet" in report.read_text()
+
+
+def test_a_run_folder_of_the_previous_layout_is_refused_by_name(tmp_path):
+    _make_run(tmp_path / "run")
+    old = tmp_path / "run" / "student" / "summary.json"
+    summary = json.loads(old.read_text())
+    del summary["layout"]
+    old.write_text(json.dumps(summary))
+    with pytest.raises(TrainingError, match="earlier version of tsmixit.*--fresh"):
+        write_report(tmp_path / "run")

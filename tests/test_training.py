@@ -2,92 +2,25 @@
 the teacher's top-k outputs, unlabelled stages never read clean sources, NaN stops
 training, and 2-process DDP matches one process."""
 
-import csv
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-import yaml
 
+from conftest import RECIPE_SR as SR
+from conftest import cli_recipe, make_corpus, read_metrics, tiny_overrides, write_config
+from tsmixit import metrics
 from tsmixit.data.manifest import Manifest
 from tsmixit.errors import CheckpointError, ConfigError, TrainingError
-from tsmixit.evaluation.metrics import active_output_count
+from tsmixit.metrics import active_output_count
 from tsmixit.models import ConvTasNet
+from tsmixit.recipe import run_recipe
 from tsmixit.training import systems
+from tsmixit.training.checkpoints import load_separator
 from tsmixit.training.config import load_config
-from tsmixit.training.recipe import load_separator, run_recipe
-
-SR = 8000
-
-
-def _utterance(rng: np.random.Generator, seconds: float) -> np.ndarray:
-    """A speech-like test signal: a harmonic complex at a random pitch under a syllable-rate
-    amplitude envelope (distinct voices separate; nothing here needs real speech)."""
-    t = np.arange(int(seconds * SR)) / SR
-    f0 = rng.uniform(90, 260)
-    wave = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6.3)) / h for h in range(1, 6))
-    rate = rng.uniform(2.5, 5.0)
-    envelope = np.clip(np.sin(2 * np.pi * rate * t + rng.uniform(0, 6.3)), 0, None) ** 0.5
-    return (0.3 * wave * envelope / 2.3).astype(np.float32)
-
-
-def make_corpus(folder: Path, n_train: int = 24, n_valid: int = 4, n_test: int = 4,
-                seconds: float = 1.0, channels: int = 1, labelled: int = 6,
-                seed: int = 0) -> Path:
-    """Rendered rows (the embedded corpus's format) of 2-speaker synthetic mixtures;
-    `labelled` training rows keep their labels. Returns the manifest path."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "utterances").mkdir(exist_ok=True)
-    rooms = None
-    if channels > 1:
-        decay = np.exp(-np.arange(64) / 8.0)
-        rirs = rng.standard_normal((8, channels, 64)) * decay * 0.3
-        rirs[:, :, 0] += 1.0
-        np.savez(folder / "rooms.npz", rirs=rirs.astype(np.float32))
-        rooms = "rooms.npz"
-    rows = []
-    for split, count in (("train", n_train), ("valid", n_valid), ("test", n_test)):
-        for i in range(count):
-            parts = []
-            for s in range(2):
-                name = f"utterances/{split}{i:03d}_{s}.wav"
-                sf.write(folder / name, _utterance(rng, seconds), SR, subtype="FLOAT")
-                parts.append({"audio": name, "offset": int(rng.integers(0, SR // 10)),
-                              "gain": float(rng.uniform(0.6, 1.0)), "role": "source",
-                              "rir": int(rng.integers(8)) if rooms else None})
-            rows.append({"id": f"{split}{i:03d}", "split": split,
-                         "labelled": split != "train" or i < labelled, "sample_rate": SR,
-                         "channels": channels, "num_frames": int(seconds * SR),
-                         "n_speakers": 2, "parts": parts, "rooms": rooms})
-    path = folder / "manifest.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    Manifest.load(path)
-    return path
-
-
-def tiny_overrides(manifest: Path, steps: int = 12, **extra) -> list[str]:
-    """A tiny recipe: tiny Conv-TasNet, 0.5 s crops, a dozen steps per stage, CPU."""
-    values = {
-        "corpus.manifest": str(manifest), "model.preset": "tiny", "train.max_steps": steps,
-        "train.val_every": 6, "train.log_every": 1, "data.batch_size": 4,
-        "data.segment_seconds": 0.5,
-        "train.accelerator": "cpu", "train.devices": 1, "train.progress": False,
-        "eval.max_mixtures": 4, **extra,
-    }
-    return [f"{k}={v}" for k, v in values.items()]
-
-
-def read_metrics(folder: Path, column: str) -> list[float]:
-    rows = csv.DictReader((folder / "metrics.csv").open())
-    return [float(r[column]) for r in rows if r.get(column)]
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +146,7 @@ def test_top_k_and_active_outputs_by_hand():
     est[0, 1] = 1.0
     est[0, 2] = 0.5
     est[0, 3] = 2.0
-    top = systems.top_k_by_energy(est, 2)
+    top = metrics.top_k_by_energy(est, 2)
     assert torch.equal(top[0], est[0, [3, 1]])
     assert active_output_count(est, -20.0).tolist() == [3]
 
@@ -224,15 +157,15 @@ def test_oracle_grouping_beats_top_k_on_over_separation():
     sources = torch.randn(1, 2, 400, generator=g)
     est = torch.cat([0.5 * sources, 0.5 * sources], dim=1)  # (1, 4, T): 0,2 -> s0; 1,3 -> s1
     mixture = sources.sum(dim=1)
-    oracle = systems.si_snri_oracle(est, sources, mixture)
+    oracle = metrics.si_snri_oracle(est, sources, mixture)
     assert oracle.item() > 60.0  # perfect reconstruction (limited by eps only)
     # Top-2 keeps both halves of the louder source: the quieter one gets a wrong estimate.
-    top = systems.si_snri_pit(systems.top_k_by_energy(est, 2), sources, mixture)
+    top = metrics.si_snri_pit(metrics.top_k_by_energy(est, 2), sources, mixture)
     assert top.item() < oracle.item() - 20.0
 
 
 def test_nan_loss_stops_with_the_step(corpus, tmp_path, monkeypatch):
-    real = systems.mixit
+    real = systems.MIXIT_LOSSES["exact"]
     calls = []
 
     def poisoned(est, refs, **kwargs):
@@ -240,7 +173,7 @@ def test_nan_loss_stops_with_the_step(corpus, tmp_path, monkeypatch):
         loss, A = real(est, refs, **kwargs)
         return (loss * float("nan"), A) if len(calls) > 3 else (loss, A)
 
-    monkeypatch.setattr(systems, "mixit", poisoned)
+    monkeypatch.setitem(systems.MIXIT_LOSSES, "exact", poisoned)
     config = load_config(None, tiny_overrides(corpus, steps=10, **{"train.val_every": 50}))
     with pytest.raises(TrainingError, match="at step 3"):
         run_recipe(config, tmp_path, stages=["teacher"])
@@ -261,22 +194,6 @@ def test_corrupt_checkpoint_is_reported_with_its_path(corpus, tmp_path):
         run_recipe(config, tmp_path, stages=["teacher"])
 
 
-def _cli(config_path: Path, run: Path, *extra: str, launcher: tuple[str, ...] = (
-        "-m", "tsmixit.cli"), env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`tsmixit recipe` in a child process (`launcher`: how Python starts the CLI)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, *launcher, "recipe", "--config", str(config_path),
-         "--run-dir", str(run), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def write_config(path: Path, overrides: list[str]) -> Path:
-    config = load_config(None, overrides)
-    path.write_text(yaml.safe_dump(config.to_dict()))
-    return path
-
-
 def test_ddp_two_processes_match_one(corpus, tmp_path):
     """Teacher for 4 steps: 2 CPU processes (DDP, gloo) x batch 2 against 1 process x
     batch 4, the same global batches: the logged (all-reduced) losses agree."""
@@ -286,8 +203,8 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
     two = write_config(tmp_path / "two.yaml", tiny_overrides(
         corpus, **common, **{"data.batch_size": 2, "train.devices": 2,
                              "train.strategy": "ddp"}))
-    procs = [_cli(one, tmp_path / "run1", "--stages", "teacher"),
-             _cli(two, tmp_path / "run2", "--stages", "teacher")]
+    procs = [cli_recipe(one, tmp_path / "run1", "--stages", "teacher"),
+             cli_recipe(two, tmp_path / "run2", "--stages", "teacher")]
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
@@ -334,3 +251,23 @@ def test_same_seed_same_weights_other_seed_differs(corpus, tmp_path):
     a, b, c = weights("a", 0), weights("b", 0), weights("c", 1)
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert not all(torch.equal(a[name], c[name]) for name in a)
+
+
+@pytest.mark.parametrize("choice", ["exact", "least_squares"])
+def test_the_teachers_mixit_loss_is_the_one_the_config_names(choice):
+    from tsmixit import losses
+
+    hp = ConvTasNet.from_preset("tiny", n_sources=4).hparams
+    teacher = systems.MixITTeacher(hp, SR, mixit=choice)
+    g = torch.Generator().manual_seed(3)
+    references = torch.randn(2, 2, 800, generator=g)  # (B, 2, T): x1, x2
+    mixture = references.sum(dim=1, keepdim=True)  # (B, 1, T): the MoM
+    with torch.no_grad():
+        est = teacher(mixture)
+    expected = {"exact": losses.mixit, "least_squares": losses.mixit_least_squares}[choice]
+    loss, _ = teacher.mixit_loss(est, references, snr_max=30.0)
+    assert torch.equal(loss, expected(est, references, snr_max=30.0)[0])
+    config = load_config(None, ["train.max_steps=5", f"model.mixit={choice}"])
+    assert config.model.mixit == choice
+    with pytest.raises(ConfigError, match="model.mixit"):
+        load_config(None, ["train.max_steps=5", "model.mixit=greedy"])

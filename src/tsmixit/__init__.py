@@ -7,7 +7,8 @@ __all__ = ["TsmixitError", "__version__", "load_model"]
 
 
 def load_model(path):
-    """Load an exported separator (safetensors + JSON config); never unpickles."""
+    """Load an exported separator (safetensors + JSON config) as a
+    `tsmixit.inference.Separator`; never unpickles (see `tsmixit.model_files.load_model`)."""
     from tsmixit.model_files import load_model as _load
 
     return _load(path)

@@ -1,15 +1,16 @@
-"""Audio input/output and validation.
+"""Audio input/output, validation, and the channel policy.
 
 Every waveform is a float32 array of shape (channels, time). Reading goes through soundfile,
 resampling through soxr; every failure is an `AudioError` whose message names the file and
-the fix.
+the fix. `model_channels` is the one place that decides which microphones a model is fed
+(training, evaluation, separation and export all follow it).
 """
 
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -18,10 +19,18 @@ import soxr
 from tsmixit.errors import AudioError
 from tsmixit.files import atomic_path
 
+if TYPE_CHECKING:
+    import torch
+
 Channels = None | list[int] | Literal["mix"]
+#: A (..., C, T) waveform: a NumPy array or a torch tensor.
+Waveform = TypeVar("Waveform", np.ndarray, "torch.Tensor")
 
 #: RMS level (dB re full scale) below which a recording counts as silent.
 SILENCE_DB = -80.0
+
+#: File name endings taken as audio when a folder is searched (importers, separation).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff")
 
 
 class ResampleWarning(UserWarning):
@@ -128,6 +137,31 @@ def select_channels(wav: np.ndarray, channels: Channels, path: str | os.PathLike
             f"choose indices in 0..{wav.shape[0] - 1}."
         )
     return np.ascontiguousarray(wav[list(channels)])
+
+
+def model_channels(x: Waveform, n_model: int, where: str) -> tuple[Waveform, str | None]:
+    """The channel policy: what a model taking `n_model` microphones is fed from an input of
+    C channels, and a note when the input is changed (None otherwise).
+
+    C == n_model: the input as it is. n_model == 1 and C > 1: microphone 0 alone, the
+    reference microphone a single-channel model is trained on. n_model > 1 and C != n_model:
+    AudioError naming `where` (the file or row) and the fix; the channels must be the
+    training array's microphones in its order.
+
+    x: (..., C, T) NumPy array or torch tensor -> (..., n_model, T), the same type
+    """
+    n_in = x.shape[-2]
+    if n_in == n_model:
+        return x, None
+    if n_model == 1 and n_in > 1:
+        note = (f"{where} has {n_in} channels: the single-channel model is fed microphone 0, "
+                "the reference microphone it is trained on")
+        return x[..., :1, :], note
+    unit = "channel" if n_model == 1 else "channels"
+    raise AudioError(
+        f"{where} has {n_in} channel(s), the model takes {n_model} microphone {unit}; pass a "
+        f"{n_model}-channel recording with the training array's microphones in its order."
+    )
 
 
 def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

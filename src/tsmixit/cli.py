@@ -19,32 +19,9 @@ import time
 from pathlib import Path
 
 from tsmixit.errors import ConfigError, TsmixitError
+from tsmixit.training.config import parse_overrides
 
 IMPORT_KINDS = ("wsj0-2mix", "librimix", "spatialized-wsj0-2mix", "folder")
-
-
-def _parse_value(text: str):
-    """Parse a `--set key=value` value as YAML so that numbers, booleans and lists keep their
-    type; numbers such as `5e-4`, which YAML 1.1 reads as strings, become floats."""
-    import yaml
-
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise TsmixitError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = _parse_value(value)
-    return out
 
 
 def cmd_corpus_build(args: argparse.Namespace) -> int:
@@ -55,16 +32,16 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
         preset=args.preset,
         seed=args.seed,
         materialize=args.materialize,
-        **_overrides(args.set),
+        **parse_overrides(args.set),
     )
     print(f"corpus written: {manifest}")
     return 0
 
 
 def cmd_corpus_import(args: argparse.Namespace) -> int:
-    from tsmixit.data import manifest as mf
+    from tsmixit.data import importers as mf
 
-    options = _overrides(args.set)
+    options = parse_overrides(args.set)
     if args.kind == "folder":
         # Recordings at another rate or channel count are converted once, beside the manifest.
         options.setdefault("audio_dir", args.out.parent / f"{args.out.stem}_audio")
@@ -96,8 +73,8 @@ def cmd_corpus_import(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
+    from tsmixit.recipe import run_recipe
     from tsmixit.training.config import load_config
-    from tsmixit.training.recipe import run_recipe
 
     config = load_config(args.config, args.set)
     started = time.monotonic()
@@ -135,7 +112,7 @@ def _recipe_summary(summary: dict, wall_seconds: float) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tsmixit.evaluation.metrics import evaluate_path
+    from tsmixit.evaluation.evaluate import evaluate_path
 
     result = evaluate_path(
         args.model,
@@ -153,8 +130,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_separate(args: argparse.Namespace) -> int:
+    from tsmixit.inference import separate_files
     from tsmixit.model_files import inference_device, load_model
-    from tsmixit.separate import separate_files
 
     separator = load_model(args.model, inference_device(args.device))
     results = separate_files(

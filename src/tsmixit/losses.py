@@ -15,7 +15,8 @@ candidate pairing on the time axis. Here the candidates are scored from inner pr
 
 Precision: such inner-product shortcuts compute an error energy as a difference of large
 numbers. In float32 that loses accuracy as the SNR grows, so the Gram matrices are
-accumulated in float64 (``GRAM_DTYPE``), at about twice the cost of float32 on CPU.
+accumulated in float64 (``GRAM_DTYPE``), at a higher cost than float32 on CPU
+(``benchmarks/bench_losses.py`` prints both errors and both costs).
 """
 
 import itertools
@@ -30,9 +31,9 @@ from torch import Tensor
 
 GRAM_DTYPE = torch.float64
 """dtype of the inner products behind ``pairwise_neg_si_snr``, ``mixit`` and
-``mixit_least_squares``. Measured on 4 s at 8 kHz against a float64 time-axis computation:
-a float32 Gram gives SI-SNR errors of 0.007 dB at 30 dB, 0.05 dB at 40 dB and 4 dB at
-60 dB (0.008 dB for the 30 dB-capped MixIT loss); float64 stays within 3e-6 dB."""
+``mixit_least_squares``. The SI-SNR error of a float32 Gram grows with the SNR, that of a
+float64 Gram stays negligible (against a float64 time-axis computation);
+``benchmarks/bench_losses.py`` prints both at 30, 40 and 60 dB."""
 
 PitMethod = Literal["auto", "exhaustive", "hungarian"]
 
@@ -122,8 +123,11 @@ class PairwiseLoss(Protocol):
 
 @lru_cache(maxsize=32)
 def _permutations(n_est: int, n_ref: int) -> Tensor:
-    """All injective maps of the n_ref references to estimates: (K, n_ref), K = E!/(E-S)!."""
-    return torch.tensor(list(itertools.permutations(range(n_est), n_ref)), dtype=torch.long)
+    """All injective maps of the n_ref references to estimates: (K, n_ref), K = E!/(E-S)!.
+    Made outside inference mode: the cached tensor may later enter autograd."""
+    with torch.inference_mode(False):
+        return torch.tensor(list(itertools.permutations(range(n_est), n_ref)),
+                            dtype=torch.long)
 
 
 def _pit_exhaustive(pair: Tensor) -> tuple[Tensor, Tensor]:
@@ -189,11 +193,14 @@ def mixit_assignments(n_mix: int, n_est: int) -> Tensor:
     """All N^M mixing matrices A (0/1, each column one-hot): (N^M, N, M), float64 on CPU.
 
     Row k assigns estimate m to mixture ``k``'s m-th base-N digit (most significant first).
-    The tensor is cached and shared between callers: do not modify it in place.
+    The tensor is cached and shared between callers: do not modify it in place. It is made
+    outside inference mode, so that a first call from evaluation does not keep training from
+    saving it for backward.
     """
-    choice = torch.tensor(list(itertools.product(range(n_mix), repeat=n_est)))  # (K, M)
-    one_hot = torch.nn.functional.one_hot(choice, n_mix)  # (K, M, N)
-    return one_hot.transpose(1, 2).to(GRAM_DTYPE)  # (K, N, M)
+    with torch.inference_mode(False):
+        choice = torch.tensor(list(itertools.product(range(n_mix), repeat=n_est)))  # (K, M)
+        one_hot = torch.nn.functional.one_hot(choice, n_mix)  # (K, M, N)
+        return one_hot.transpose(1, 2).to(GRAM_DTYPE)  # (K, N, M)
 
 
 def _mixit_gram(est: Tensor, mixtures: Tensor) -> tuple[Tensor, Tensor, Tensor]:

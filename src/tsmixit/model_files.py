@@ -1,11 +1,13 @@
 """Self-contained model files: weights in safetensors plus a JSON config, and ONNX export.
 
 A model folder holds ``model.safetensors`` (tensors only, no code) and ``config.json``
-(architecture hyper-parameters, sample rate, number of outputs K, input channels C, the
-training summary and the weights' SHA-256). Loading never unpickles: safetensors is a plain
-tensor container, and a Lightning ``.ckpt`` is accepted only through
-``torch.load(weights_only=True)``, whose restricted unpickler refuses any object that is not
-a tensor or a plain container, so a crafted file cannot run code.
+(the separator's class name and hyper-parameters, sample rate, number of outputs K, input
+channels C, the training summary and the weights' SHA-256). Only classes of the model
+registry (`tsmixit.models.registry`) are ever built from a file. Loading never unpickles:
+safetensors is a plain tensor container, and a Lightning ``.ckpt`` is read only by
+`tsmixit.training.checkpoints` through ``torch.load(weights_only=True)``, whose restricted
+unpickler refuses any object that is not a tensor or a plain container, so a crafted file
+cannot run code. Every loader returns a `tsmixit.inference.Separator`.
 """
 
 import hashlib
@@ -21,110 +23,27 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tsmixit.audio import resample
-from tsmixit.errors import ModelFileError, TsmixitError
+from tsmixit.errors import CheckpointError, ConfigError, ModelFileError, TsmixitError
 from tsmixit.files import atomic_path, write_json_atomic
+from tsmixit.inference import Separator
+from tsmixit.models.registry import ARCHITECTURES
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT = "tsmixit-model"
 FORMAT_VERSION = 1
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
-#: Model classes a config may name; nothing else is ever constructed from a file.
-MODEL_CLASSES = ("ConvTasNet",)
-
-
-class ChannelNote(UserWarning):
-    """A multi-channel input was mixed down for a single-channel model."""
 
 
 def _model_class(name: str) -> type[nn.Module]:
-    if name not in MODEL_CLASSES:
+    """The registered separator class config.json names by its class name ("ConvTasNet")."""
+    classes = {cls.__name__: cls for cls in ARCHITECTURES.values()}
+    if name not in classes:
         raise ModelFileError(
-            f"model class {name!r} is not one tsmixit builds ({', '.join(MODEL_CLASSES)}); "
+            f"model class {name!r} is not one tsmixit builds ({', '.join(classes)}); "
             "the config.json was not written by tsmixit: re-export the model."
         )
-    from tsmixit.models.conv_tasnet import ConvTasNet
-
-    return {"ConvTasNet": ConvTasNet}[name]
-
-
-class Separator:
-    """A trained separator ready for inference: y_hat = f(x), K outputs at the input's rate.
-
-    Attributes: model (the nn.Module, eval mode), sample_rate (Hz the model was trained at),
-    n_outputs (K), n_channels (C the model takes), config (the config.json contents).
-    """
-
-    def __init__(self, model: nn.Module, sample_rate: int, config: dict[str, Any]):
-        self.model = model.eval()
-        self.sample_rate = int(sample_rate)
-        self.config = config
-        self.n_outputs = int(model.hparams["n_sources"])
-        self.n_channels = int(model.hparams.get("n_channels", 1))
-
-    def __repr__(self) -> str:
-        return (
-            f"Separator({type(self.model).__name__}, {self.sample_rate} Hz, "
-            f"{self.n_channels} channel(s) in, {self.n_outputs} outputs)"
-        )
-
-    def prepare_channels(self, wav: np.ndarray) -> tuple[np.ndarray, str | None]:
-        """Fit a (C, T) input to the model's channel count; returns (wav, note or None).
-
-        Several channels into a 1-channel model are averaged (with a note); a multi-channel
-        model needs exactly its channel count, in its microphone order.
-        """
-        n_in = wav.shape[0]
-        if n_in == self.n_channels:
-            return wav, None
-        if self.n_channels == 1:
-            note = f"{n_in}-channel input mixed down to mono for a single-channel model"
-            return wav.mean(axis=0, keepdims=True), note
-        raise ModelFileError(
-            f"the model takes {self.n_channels} microphone channels, the input has {n_in}; "
-            f"pass a {self.n_channels}-channel recording in the training array's mic order."
-        )
-
-    @torch.inference_mode()
-    def forward_model_rate(self, wav: np.ndarray) -> np.ndarray:
-        """Run the network on a (C, T) float32 input at the model's rate -> (K, T)."""
-        device = next(self.model.parameters()).device
-        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).to(device)
-        x = x[0][None] if self.n_channels == 1 else x[None]  # (1, T) or (1, C, T)
-        return self.model(x)[0].float().cpu().numpy()  # (K, T)
-
-    def separate(
-        self, waveform: np.ndarray | torch.Tensor, sample_rate: int
-    ) -> np.ndarray:
-        """Separate one recording in a single pass: (T,) or (C, T) at `sample_rate` -> (K, T)
-        float32 at the same rate. Resampled in and out with soxr when the rates differ.
-        For long recordings use `tsmixit.separate.separate_files` (bounded memory).
-        """
-        wav = waveform.detach().cpu().numpy() if torch.is_tensor(waveform) else waveform
-        wav = np.asarray(wav, dtype=np.float32)
-        if wav.ndim == 1:
-            wav = wav[None]
-        if wav.ndim != 2 or wav.shape[1] == 0:
-            raise ModelFileError(
-                f"expected a waveform of shape (T,) or (C, T), got {tuple(wav.shape)}"
-            )
-        if not np.isfinite(wav).all():
-            raise ModelFileError("the waveform contains NaN or infinite samples")
-        wav, note = self.prepare_channels(wav)
-        if note:
-            warnings.warn(note, ChannelNote, stacklevel=2)
-        n_frames = wav.shape[1]
-        est = self.forward_model_rate(resample(wav, sample_rate, self.sample_rate))
-        est = resample(est, self.sample_rate, sample_rate)  # (K, T')
-        return _fit_length(est, n_frames)
-
-
-def _fit_length(wav: np.ndarray, n_frames: int) -> np.ndarray:
-    """Crop or zero-pad (K, T') to (K, n_frames): resampling may be off by a sample."""
-    if wav.shape[1] >= n_frames:
-        return np.ascontiguousarray(wav[:, :n_frames])
-    return np.pad(wav, ((0, 0), (0, n_frames - wav.shape[1])))
+    return classes[name]
 
 
 def _sha256(path: Path) -> str:
@@ -170,6 +89,7 @@ def save_model(
 
 
 def _build(class_name: str, hparams: dict, state: dict[str, torch.Tensor], source: Path):
+    """The separator `class_name`(**hparams) holding the weights `state`, in eval mode."""
     cls = _model_class(class_name)
     try:
         model = cls(**hparams)
@@ -226,34 +146,22 @@ def _load_folder(folder: Path) -> Separator:
 
 
 def _load_checkpoint(path: Path) -> Separator:
-    """A Lightning checkpoint through the restricted unpickler (tensors and containers only).
+    """A tsmixit training checkpoint, read by `tsmixit.training.checkpoints` (tensors and
+    plain containers only); its config names the separator's class and hyper-parameters."""
+    from tsmixit.training.checkpoints import load_checkpoint, load_separator
 
-    It must hold ``state_dict`` with the separator under the prefix ``model.`` and
-    ``hyper_parameters`` with ``model_hparams`` (the constructor arguments) and
-    ``sample_rate``, as tsmixit's training systems save them.
-    """
+    refused = ("only safetensors model folders and weights-only tsmixit training checkpoints "
+               "are loaded, never pickled code: export the model with `tsmixit export`")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "refused"
-        raise ModelFileError(
-            f"{path}: refused to load: the checkpoint holds objects other than tensors and "
-            f"plain containers, or is not a checkpoint ({type(err).__name__}); only "
-            "safetensors models and weights-only checkpoints are loaded, never pickled code."
-        ) from err
-    hyper = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(hyper, dict) or not isinstance(state, dict) or "model_hparams" not in hyper:
-        raise ModelFileError(
-            f"{path}: not a tsmixit training checkpoint (needs state_dict and "
-            "hyper_parameters.model_hparams); export the model with `tsmixit export`."
-        )
-    prefix = "model."
-    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    model = _build("ConvTasNet", dict(hyper["model_hparams"]), weights, path)
-    sample_rate = hyper.get("sample_rate")
-    if not isinstance(sample_rate, int):
-        raise ModelFileError(f"{path}: hyper_parameters.sample_rate is missing; re-export.")
-    config = {"class": "ConvTasNet", "hparams": dict(hyper["model_hparams"]),
+        ckpt = load_checkpoint(path)
+        hyper = ckpt["hyper_parameters"]
+        sample_rate = hyper.get("sample_rate") if isinstance(hyper, dict) else None
+        if not isinstance(sample_rate, int):
+            raise ModelFileError(f"{path}: hyper_parameters.sample_rate is missing; {refused}.")
+        model = load_separator(path, ckpt)
+    except (CheckpointError, ConfigError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{path}: refused to load ({err}); {refused}.") from err
+    config = {"class": type(model).__name__, "hparams": dict(model.hparams),
               "sample_rate": sample_rate, "training": {"checkpoint": str(path)}}
     return Separator(model, sample_rate, config)
 

@@ -85,7 +85,7 @@ class MixtureOfMixturesDataset(_ManifestDataset):
     zero-padded). With probability `single_mixture_prob` x2 is silence (a MoM with fewer
     speakers). When max |x_bar| > 1 the MoM and both references are divided by that peak,
     so x_bar = x1 + x2 still holds. Item: {"mixture": x_bar (C, T), "references": (2, T),
-    x1 and x2 at microphone 0}. `epoch_length` MoMs per epoch (default: one per mixture).
+    x1 and x2 at microphone 0}. One MoM per mixture per epoch.
     """
 
     def __init__(
@@ -94,7 +94,6 @@ class MixtureOfMixturesDataset(_ManifestDataset):
         segment_frames: int | None,
         seed: int = 0,
         single_mixture_prob: float = 0.0,
-        epoch_length: int | None = None,
         reference_only: bool = False,
     ) -> None:
         super().__init__(manifest, segment_frames, seed, reference_only)
@@ -105,12 +104,9 @@ class MixtureOfMixturesDataset(_ManifestDataset):
             raise ManifestError(f"single_mixture_prob must be in [0, 1], got "
                                 f"{single_mixture_prob}.")
         self.single_mixture_prob = single_mixture_prob
-        self.epoch_length = len(manifest) if epoch_length is None else epoch_length
-        if self.epoch_length <= 0:
-            raise ManifestError(f"epoch_length must be positive, got {epoch_length}.")
 
     def __len__(self) -> int:
-        return self.epoch_length
+        return len(self.manifest)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         rng = self._rng(index)
@@ -172,23 +168,6 @@ class LabelledDataset(_ManifestDataset):
         )
         return {"mixture": torch.from_numpy(_pad(x, self.segment_frames)),
                 "sources": torch.from_numpy(_pad(s, self.segment_frames))}
-
-
-def pad_collate(batch: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Batch items of different lengths: zero-pad every tensor's time axis to the longest.
-
-    Returns the stacked tensors (B, ..., T_max) and "lengths" (B,) long, the true lengths
-    (taken from "mixture").
-    """
-    out: dict[str, Tensor] = {}
-    for key in batch[0]:
-        tensors = [item[key] for item in batch]
-        T = max(t.shape[-1] for t in tensors)
-        out[key] = torch.stack(
-            [torch.nn.functional.pad(t, (0, T - t.shape[-1])) for t in tensors]
-        )
-    out["lengths"] = torch.tensor([item["mixture"].shape[-1] for item in batch])
-    return out
 
 
 def _pad(x: np.ndarray, frames: int | None) -> np.ndarray:

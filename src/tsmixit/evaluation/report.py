@@ -1,9 +1,9 @@
 """The results report of a run folder: the paper-style table (Markdown and JSON), a plain
 statement of which of the paper's claims hold as measured, and PNG plots.
 
-Inputs (see tsmixit.training.recipe): RUN/<stage>/summary.json, RUN/<stage>/metrics.csv,
+Inputs (see tsmixit.recipe): RUN/<stage>/summary.json, RUN/<stage>/metrics.csv,
 RUN/eval/<system>.json and RUN/eval/examples/<system>.npz (from
-tsmixit.evaluation.metrics.evaluate_into_run). Systems without an evaluation are left out.
+tsmixit.evaluation.evaluate.evaluate_into_run). Systems without an evaluation are left out.
 Outputs: RUN/report.md, RUN/report.json, RUN/plots/*.png.
 """
 
@@ -11,7 +11,6 @@ import csv
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.signal import spectrogram
 
+from tsmixit.errors import TrainingError
 from tsmixit.files import atomic_path, write_json_atomic, write_text_atomic
+from tsmixit.training.run_folder import LAYOUT
 
 #: A claim "close to" another system holds within this many dB of SI-SNRi.
 CLOSE_DB = 1.0
@@ -30,44 +31,38 @@ OVERSEPARATION_GAP_DB = 0.5
 OVERSEPARATION_SHARE = 0.25
 
 
-def system_label(system: str, k: int) -> str | None:
-    """Table label of an evaluated system (None for a name the report does not know)."""
-    fixed = {
-        "supervised_full": "Supervised PIT, 100 % labels",
-        "supervised_fraction": "Supervised PIT, labelled fraction only",
-        "teacher": f"MixIT teacher (top-{k})",
-        "student": "TS-MixIT student",
-        "finetune": "+ fine-tune",
-    }
-    if system in fixed:
-        return fixed[system]
-    match = re.fullmatch(r"distill(\d+)_(student|finetune)", system)
-    if match:
-        round_, kind = match.groups()
-        return f"+ distillation round {round_}" + (", fine-tuned" if kind == "finetune" else "")
+def system_label(summary: dict[str, Any], k: int) -> str | None:
+    """Table label of a trained system from its stage summary (kind, round, labels); None
+    for a kind the table does not show."""
+    kind, round_ = summary.get("kind"), summary.get("round")
+    if kind == "supervised":
+        return ("Supervised PIT, 100 % labels" if summary.get("labels") == "all"
+                else "Supervised PIT, labelled fraction only")
+    if kind == "teacher":
+        return f"MixIT teacher (top-{k})"
+    if kind == "student":
+        return "TS-MixIT student" if not round_ else f"+ distillation round {round_}"
+    if kind == "finetune":
+        return "+ fine-tune" if not round_ else f"+ distillation round {round_}, fine-tuned"
     return None
 
 
-def _system_order(system: str) -> tuple[int, int, int]:
-    base = ["supervised_full", "supervised_fraction", "teacher", "student", "finetune"]
-    if system in base:
-        return (base.index(system), 0, 0)
-    match = re.fullmatch(r"distill(\d+)_(student|finetune)", system)
-    if match:
-        return (len(base), int(match.group(1)), 0 if match.group(2) == "student" else 1)
-    return (len(base) + 1, 0, 0)
+def table_order(summary: dict[str, Any]) -> tuple[int, int]:
+    """Baselines first, then the TS-MixIT chain in plan order."""
+    return (0 if summary.get("kind") == "supervised" else 1, int(summary.get("order", 0)))
 
 
-def _chain_order(stage: str) -> tuple[int, int] | None:
-    """Position of a stage in the TS-MixIT chain (teacher, label, student, finetune,
-    distill<r>_label/_student/_finetune), or None for stages outside it (supervised)."""
-    base = ["teacher", "label", "student", "finetune"]
-    if stage in base:
-        return (0, base.index(stage))
-    match = re.fullmatch(r"distill(\d+)_(label|student|finetune)", stage)
-    if match:
-        return (int(match.group(1)), ["label", "student", "finetune"].index(match.group(2)))
-    return None
+def _with_upstream(summaries: dict[str, dict[str, Any]], stage: str) -> list[str]:
+    """`stage` and every stage it was built from (its upstream, transitively)."""
+    seen: list[str] = []
+    todo = [stage]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in summaries:
+            continue
+        seen.append(name)
+        todo += summaries[name].get("upstream", [])
+    return seen
 
 
 def stage_seconds(summary: dict[str, Any]) -> float:
@@ -87,8 +82,14 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     summaries = {}
     for path in sorted(run_dir.glob("*/summary.json")):
         summary = _read_json(path)
-        if summary is not None:
-            summaries[summary.get("stage", path.parent.name)] = summary
+        if summary is None:
+            continue
+        if summary.get("layout") != LAYOUT:
+            raise TrainingError(
+                f"{path} was written by an earlier version of tsmixit (summary layout "
+                f"{summary.get('layout', 1)}, this version reads {LAYOUT}); rerun its recipe "
+                "with --fresh to retrain in this folder, or with another --run-dir")
+        summaries[summary["stage"]] = summary
     evals = {}
     for path in sorted((run_dir / "eval").glob("*.json")):
         result = _read_json(path)
@@ -100,33 +101,29 @@ def load_run(run_dir: Path) -> dict[str, Any]:
 def table_rows(run: dict[str, Any], run_name: str | None = None) -> list[dict[str, Any]]:
     """One row per evaluated system (the teacher twice: top-k and oracle grouping)."""
     summaries, rows = run["summaries"], []
-    chain = sorted((s for s in summaries if _chain_order(s) is not None), key=_chain_order)
-    for system in sorted(run["evals"], key=_system_order):
-        result = run["evals"][system]
+    evaluated = [(summaries[r.get("stage", s)], r) for s, r in run["evals"].items()
+                 if r.get("stage", s) in summaries]
+    for summary, result in sorted(evaluated, key=lambda pair: table_order(pair[0])):
         k = int(result.get("k", 2))
-        label = system_label(system, k)
+        label = system_label(summary, k)
         if label is None:
             continue
-        stage = result.get("stage", system)
-        summary = summaries.get(stage, {})
+        stage = summary["stage"]
         stage_s = result.get("train_seconds") or stage_seconds(summary) or None
-        position = _chain_order(stage)
-        total = stage_s
-        if position is not None:
-            upstream = [s for s in chain if _chain_order(s) <= position]
-            total = sum(stage_seconds(summaries[s]) for s in upstream) or stage_s
+        total = sum(stage_seconds(summaries[s]) for s in _with_upstream(summaries, stage))
         mean = result["mean"]
         common = {
-            "system": system, "stage": stage, "run": run_name, "k": k,
-            "n_channels": result.get("n_channels", 1), "n_outputs": result.get("n_outputs"),
-            "n_mixtures": result.get("n_mixtures"),
+            "system": result.get("system", stage), "stage": stage, "kind": summary["kind"],
+            "round": summary.get("round"), "labels": summary.get("labels"), "run": run_name,
+            "k": k, "n_channels": result.get("n_channels", 1),
+            "n_outputs": result.get("n_outputs"), "n_mixtures": result.get("n_mixtures"),
             "labelled_mixtures": result.get("labelled_mixtures", summary.get("labelled_mixtures")),
             "active_outputs": mean.get("active_outputs"),
             "over_separated": mean.get("over_separated"),
-            "stage_seconds": stage_s, "total_seconds": total,
+            "stage_seconds": stage_s, "total_seconds": total or stage_s,
         }
         variants = [("topk", label)]
-        if system == "teacher":
+        if summary["kind"] == "teacher":
             variants.append(("oracle", f"MixIT teacher (oracle grouping into {k})"))
         for variant, text in variants:
             rows.append({
@@ -137,10 +134,11 @@ def table_rows(run: dict[str, Any], run_name: str | None = None) -> list[dict[st
     return rows
 
 
-def _row(rows: list[dict[str, Any]], system: str, scoring: str = "topk",
-         run: str | None = None) -> dict[str, Any] | None:
-    return next((r for r in rows if r["system"] == system and r["scoring"] == scoring
-                 and r["run"] == run), None)
+def _row(rows: list[dict[str, Any]], kind: str, scoring: str = "topk", run: str | None = None,
+         **fields: Any) -> dict[str, Any] | None:
+    """The first row of a kind of system (and the given fields: round, labels)."""
+    return next((r for r in rows if r["kind"] == kind and r["scoring"] == scoring
+                 and r["run"] == run and all(r[f] == v for f, v in fields.items())), None)
 
 
 def _claim(text: str, holds: bool | None, detail: str) -> dict[str, Any]:
@@ -153,7 +151,7 @@ def check_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     numbers behind the verdict (SI-SNRi in dB, top-k scoring unless said otherwise)."""
     claims = []
     teacher, teacher_oracle = _row(rows, "teacher"), _row(rows, "teacher", "oracle")
-    student = _row(rows, "student")
+    student = _row(rows, "student", round=0)
     k = rows[0]["k"] if rows else 2
     text = f"The TS-MixIT student beats its MixIT teacher scored on its top-{k} outputs"
     if teacher and student:
@@ -177,11 +175,12 @@ def check_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         claims.append(_claim(text, None, "needs an evaluated teacher"))
 
     semi = [r for r in rows if r["scoring"] == "topk" and r["run"] is None
-            and (r["system"] == "finetune" or re.fullmatch(r"distill\d+_finetune", r["system"]))]
+            and r["kind"] == "finetune"]
     # The pipeline's final fine-tuned student (after every distillation round), not the best
     # on the test set: choosing by test score would tune on the test set.
     final_semi = semi[-1] if semi else None
-    full, fraction = _row(rows, "supervised_full"), _row(rows, "supervised_fraction")
+    full = _row(rows, "supervised", labels="all")
+    fraction = _row(rows, "supervised", labels="fraction")
     text = (f"The semi-supervised (fine-tuned) student is within {CLOSE_DB} dB of, or better "
             "than, supervised training on 100 % of the labels")
     if final_semi and full:
@@ -198,8 +197,8 @@ def check_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     else:
         claims.append(_claim(text, None, "needs evaluated fine-tuned student and supervised "
                                          "fraction"))
-    finetune = _row(rows, "finetune")
-    distilled = [r for r in semi if r["system"] != "finetune"]
+    finetune = _row(rows, "finetune", round=0)
+    distilled = [r for r in semi if r["round"]]
     text = "Distillation improves on the fine-tuned student"
     if finetune and distilled:
         last = distilled[-1]
@@ -272,10 +271,13 @@ def _read_metrics(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             for key, points in series.items()}
 
 
+def _eval_order(run: dict[str, Any], result: dict[str, Any]) -> tuple[int, int]:
+    return table_order(run["summaries"].get(result.get("stage"), {}))
+
+
 def plot_curves(run: dict[str, Any], out: Path) -> Path | None:
     """Training and validation loss, and validation SI-SNRi, against steps, per stage."""
-    names = sorted(run["summaries"], key=lambda n: (_chain_order(n) is None,
-                                                     _chain_order(n) or _system_order(n)))
+    names = sorted(run["summaries"], key=lambda n: run["summaries"][n].get("order", 0))
     stages = [(name, run["run_dir"] / name / "metrics.csv") for name in names]
     stages = [(n, _read_metrics(p)) for n, p in stages if p.is_file()]
     stages = [(n, m) for n, m in stages if m]
@@ -301,7 +303,7 @@ def plot_curves(run: dict[str, Any], out: Path) -> Path | None:
 
 def plot_active_outputs(run: dict[str, Any], out: Path) -> Path | None:
     """Histogram of the number of active outputs per test mixture, one bar group per system."""
-    systems = [(s, r) for s, r in sorted(run["evals"].items(), key=lambda x: _system_order(x[0]))
+    systems = [(s, r) for s, r in sorted(run["evals"].items(), key=lambda x: _eval_order(run, x[1]))
                if r.get("per_mixture")]
     if not systems:
         return None
@@ -351,7 +353,7 @@ def plot_spectrograms(run: dict[str, Any], out: Path) -> Path | None:
     """One test mixture: its spectrogram, its references', and each system's outputs (the
     top-k in reference order, then the other outputs)."""
     examples = []
-    for system, result in sorted(run["evals"].items(), key=lambda x: _system_order(x[0])):
+    for system, result in sorted(run["evals"].items(), key=lambda x: _eval_order(run, x[1])):
         path = result.get("example", {}).get("path")
         if path is None:
             continue

@@ -15,20 +15,20 @@ Symbols follow the paper's Table I:
 Signal flow for a mixture x (batch, T) with C = n_sources outputs:
 
     w = ReLU(encoder(x))                     (batch, N, K)   K frames, hop L/2
-    m = separator(w)                         (batch, C, N, K) masks
+    m = TCN(w)                               (batch, C, N, K) masks (``MaskNetwork``)
     s_hat_c = decoder(m_c * w)               (batch, C, T)
 
 The multi-channel model, in the style of the TS-MixIT authors' group (docs/method.md), adds
 a spatial encoder: a 2-D convolution with S filters over (microphones x time), kernel
 (n_channels, L), hop (1, L/2). Its output is concatenated with the reference microphone's
-(mic 0) encoder output before the separator's bottleneck; the masks still apply to the
+(mic 0) encoder output before the mask network's bottleneck; the masks still apply to the
 reference representation, so the outputs are the source images at mic 0.
 
-Training speed and memory on CPU (see benchmarks/bench_train_step.py): gLN is torch's fused
-group-norm kernel with one group; each PReLU + gLN pair keeps only the PReLU input for the
-backward pass and recomputes the PReLU there (4 instead of 6 activations kept per block);
-PReLU and the depthwise convolutions have hand-written CPU backward passes (torch's generic
-ones are 2-4x slower there); the skip paths accumulate in place; the last block has no
+Training speed and memory on CPU (``benchmarks/bench_train_step.py`` prints them): gLN is
+torch's fused group-norm kernel with one group; each PReLU + gLN pair keeps only the PReLU
+input for the backward pass and recomputes the PReLU there (4 instead of 6 activations kept
+per block); PReLU and the depthwise convolutions use the hand-written CPU backward passes of
+``tsmixit.models._cpu_kernels``; the skip paths accumulate in place; the last block has no
 residual convolution (its output would be unused); ``checkpointing=True`` recomputes each
 repeat in the backward pass to trade time for activation memory. Inference, export and GPU
 use plain torch operations.
@@ -37,7 +37,7 @@ use plain torch operations.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from tsmixit.errors import AudioError, ConfigError
+from tsmixit.models._cpu_kernels import DepthwiseFunction, PReLUFunction, PReLUGroupNormFunction
 from tsmixit.models.consistency import mixture_consistency
 
 Norm = Literal["gLN", "cLN"]
@@ -64,9 +65,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _EPS = 1e-8
-# The hand-written backward passes below are CPU-only; under CPU autocast they run in float32.
-_fp32_under_autocast = torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
-_backward_under_autocast = torch.amp.custom_bwd(device_type="cpu")
 
 
 class CumulativeLayerNorm(nn.Module):
@@ -96,71 +94,19 @@ class CumulativeLayerNorm(nn.Module):
         return (f * scale - shift) * self.weight + self.bias  # (batch, C, K)
 
 
-class _PReLUFunction(torch.autograd.Function):
-    """PReLU with one shared slope a, with a faster CPU backward: one fused leaky-ReLU
-    backward for df/dx and one dot product for df/da. torch's generic PReLU backward kernel
-    takes 3-4x longer on CPU (measured at (4, 128, 4000) and (1, 512, 4000), one thread)."""
-
-    @staticmethod
-    @_fp32_under_autocast
-    def forward(ctx: Any, x: Tensor, a: Tensor) -> Tensor:
-        ctx.save_for_backward(x, a)
-        return F.prelu(x, a)
-
-    @staticmethod
-    @_backward_under_autocast
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
-        return _prelu_backward(grad, *ctx.saved_tensors)
-
-
-def _prelu_backward(grad: Tensor, x: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
-    """dL/dx = grad where x > 0 else a grad;  dL/da = sum(grad * min(x, 0))."""
-    grad_x = torch.ops.aten.leaky_relu_backward(grad, x, a.item(), False)
-    grad_a = torch.dot(grad.reshape(-1), x.clamp(max=0).reshape(-1)).reshape(a.shape)
-    return grad_x, grad_a
-
-
 class PReLU(nn.PReLU):
-    """nn.PReLU (one slope, same parameter name) using the fast backward when training on CPU;
-    plain ``F.prelu`` otherwise (inference, export, GPU)."""
+    """nn.PReLU (one slope, same parameter name) using ``PReLUFunction``'s backward when
+    training on CPU; plain ``F.prelu`` otherwise (inference, export, GPU)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.device.type == "cpu" and self.weight.numel() == 1:
-            return _PReLUFunction.apply(x, self.weight)
+            return PReLUFunction.apply(x, self.weight)
         return F.prelu(x, self.weight)
 
 
-class _PReLUGroupNormFunction(torch.autograd.Function):
-    """gLN(PReLU(x)) saving only x: the PReLU output is recomputed in the backward pass
-    instead of being kept for the norm, one activation fewer per pair (a third of a block's
-    activation memory). Uses torch's fused group-norm kernels and the fast PReLU backward."""
-
-    @staticmethod
-    @_fp32_under_autocast
-    def forward(ctx: Any, x: Tensor, a: Tensor, gamma: Tensor, beta: Tensor, eps: float):
-        n, c = x.shape[0], x.shape[1]
-        y = F.prelu(x, a)  # (batch, C, K), freed after the norm
-        out, mean, rstd = torch.native_group_norm(
-            y, gamma, beta, n, c, x.numel() // (n * c), 1, eps
-        )
-        ctx.save_for_backward(x, a, gamma, mean, rstd)
-        return out
-
-    @staticmethod
-    @_backward_under_autocast
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
-        x, a, gamma, mean, rstd = ctx.saved_tensors
-        n, c = x.shape[0], x.shape[1]
-        grad_y, grad_gamma, grad_beta = torch.ops.aten.native_group_norm_backward(
-            grad.contiguous(), F.prelu(x, a), mean, rstd, gamma, n, c, x.numel() // (n * c), 1,
-            [True] * 3,
-        )  # fmt: skip
-        grad_x, grad_a = _prelu_backward(grad_y, x, a)
-        return grad_x, grad_a, grad_gamma, grad_beta, None
-
-
 class PReLUNorm(nn.Module):
-    """PReLU followed by gLN or cLN, the pair that appears twice in every block."""
+    """PReLU followed by gLN or cLN, the pair that appears twice in every block; gLN training
+    on CPU goes through ``PReLUGroupNormFunction`` (keeps the PReLU input only)."""
 
     def __init__(self, norm: Norm, channels: int) -> None:
         super().__init__()
@@ -170,47 +116,16 @@ class PReLUNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         gln = isinstance(self.norm, nn.GroupNorm)
         if gln and torch.is_grad_enabled() and x.device.type == "cpu":
-            return _PReLUGroupNormFunction.apply(
+            return PReLUGroupNormFunction.apply(
                 x, self.act.weight, self.norm.weight, self.norm.bias, self.norm.eps
             )
         return self.norm(self.act(x))
 
 
-class _DepthwiseFunction(torch.autograd.Function):
-    """Same-length depthwise convolution y = b + sum_p w_p * x[k + p d - left] (zeros
-    outside) with a faster CPU backward: each tap's gradients are one shifted multiply-add
-    (input) and one product-sum (weight). torch's depthwise convolution backward is 2-4x
-    slower than that on CPU (measured at (4, 128, 4000) and (4, 512, 4000), one thread),
-    while its forward is fast, so the forward is torch's."""
-
-    @staticmethod
-    @_fp32_under_autocast
-    def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor, dilation: int, pad: tuple[int, int]):
-        ctx.save_for_backward(x, w)
-        ctx.dilation, ctx.left = dilation, pad[0]
-        return F.conv1d(F.pad(x, pad), w, b, dilation=dilation, groups=x.shape[1])
-
-    @staticmethod
-    @_backward_under_autocast
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
-        x, w = ctx.saved_tensors  # x (batch, H, K), w (H, 1, P)
-        frames = x.shape[-1]
-        grad_x, grad_w = torch.zeros_like(x), torch.zeros_like(w)
-        for p in range(w.shape[-1]):
-            shift = p * ctx.dilation - ctx.left  # y[k] reads x[k + shift]
-            lo, hi = max(0, -shift), min(frames, frames - shift)  # frames k that read x
-            if hi <= lo:
-                continue
-            g, xs = grad[..., lo:hi], x[..., lo + shift : hi + shift]  # (batch, H, hi - lo)
-            grad_x[..., lo + shift : hi + shift].addcmul_(g, w[:, :, p])
-            grad_w[:, 0, p] = (g * xs).sum(dim=(0, 2))
-        return grad_x, grad_w, grad.sum(dim=(0, 2)), None, None
-
-
 class DepthwiseConv(nn.Conv1d):
     """Depthwise convolution (kernel P, dilation d) returning as many frames as it gets:
     causal pads (P-1)d frames in the past, otherwise the padding is split around the frame.
-    Training on CPU uses the fast backward above; otherwise plain ``F.conv1d``."""
+    Training on CPU uses ``DepthwiseFunction``'s backward; otherwise plain ``F.conv1d``."""
 
     def __init__(self, channels: int, P: int, dilation: int, causal: bool) -> None:
         super().__init__(channels, channels, P, dilation=dilation, groups=channels)
@@ -220,7 +135,7 @@ class DepthwiseConv(nn.Conv1d):
     def forward(self, x: Tensor) -> Tensor:
         d = self.dilation[0]
         if torch.is_grad_enabled() and x.device.type == "cpu":
-            return _DepthwiseFunction.apply(x, self.weight, self.bias, d, self.pad)
+            return DepthwiseFunction.apply(x, self.weight, self.bias, d, self.pad)
         return F.conv1d(F.pad(x, self.pad), self.weight, self.bias, dilation=d, groups=x.shape[1])
 
 
@@ -263,10 +178,11 @@ class ConvBlock(nn.Module):
         return residual, self.skip_conv(y)  # skip (batch, Sc, K)
 
 
-class Separator(nn.Module):
-    """The temporal convolutional network (Fig. 1B): norm and 1x1 bottleneck to B channels,
-    R repeats of X blocks with dilations 2^0..2^(X-1), summed skip outputs, PReLU, 1x1 conv
-    to n_sources * N mask channels and the mask nonlinearity."""
+class MaskNetwork(nn.Module):
+    """The mask network, a temporal convolutional network (TCN, Fig. 1B): norm and 1x1
+    bottleneck to B channels, R repeats of X blocks with dilations 2^0..2^(X-1), summed skip
+    outputs, PReLU, 1x1 conv to n_sources * N mask channels and the mask nonlinearity.
+    ``ConvTasNet`` keeps it as its attribute ``separator`` (state-dict keys ``separator.*``)."""
 
     def __init__(
         self,
@@ -347,12 +263,15 @@ class ConvTasNet(nn.Module):
         n_channels: microphones; >= 2 adds the spatial encoder.
         S: spatial encoder filters (used only when n_channels >= 2); their outputs pass a
             ReLU like the 1-D encoder's (our choice: the description names no nonlinearity).
-        checkpointing: recompute each repeat in the backward pass (less memory, ~30 % slower).
+        checkpointing: recompute each repeat in the backward pass (less memory, slower).
 
     ``forward`` takes (batch, time) or (batch, n_channels, time) of any length >= 1 and returns
     (batch, n_sources, time). ``hparams`` holds every argument: ``ConvTasNet(**m.hparams)``
     rebuilds the architecture.
     """
+
+    #: The named settings `from_preset` builds.
+    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
     def __init__(
         self,
@@ -404,7 +323,8 @@ class ConvTasNet(nn.Module):
             else None
         )
         in_channels = N + (S if n_channels > 1 else 0)
-        self.separator = Separator(
+        # The mask network; the attribute keeps its name so that state-dict keys stay.
+        self.separator = MaskNetwork(
             in_channels,
             n_sources,
             N,

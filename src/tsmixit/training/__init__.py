@@ -1,2 +1,3 @@
-"""Training: the recipe config (`config`), the Lightning systems (`systems`) and the
-resumable TS-MixIT recipe (`recipe.run_recipe`)."""
+"""Training: the recipe config (`config`), the stage plan (`plan`), the Lightning systems
+(`systems`), one module per stage kind (`stages`) and what they share (`fit`, `datamodule`,
+`splits`, `run_folder`, `checkpoints`). `tsmixit.recipe` runs them."""

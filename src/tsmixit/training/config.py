@@ -33,14 +33,19 @@ class CorpusConfig:
 
 @dataclass
 class ModelConfig:
-    """Conv-TasNet preset and overrides shared by every system; M and k; which channels."""
+    """The separator (``arch``, a preset and overrides) shared by every system; M and k;
+    the MixIT loss; which channels."""
 
+    arch: str = "conv_tasnet"
     preset: str = "small"
     options: dict = field(default_factory=dict)
     teacher_outputs: int = 4
     student_outputs: int = 2
     teacher_consistency: Literal["uniform", "energy"] | None = "uniform"
     student_consistency: Literal["uniform", "energy"] | None = "uniform"
+    # The teacher's MixIT loss: "exact" scores all 2^M assignments, "least_squares" one
+    # projected least-squares assignment (Wisdom et al., WASPAA 2021; for M = 8 or 16).
+    mixit: Literal["exact", "least_squares"] = "exact"
     # "all": a multi-channel model sees every microphone; "reference": microphone 0 only;
     # "both": all microphones in RUN, plus the same recipe on microphone 0 in RUN/mic0 (the
     # single- vs multi-channel comparison of the report).
@@ -187,6 +192,54 @@ def stage_budget(config: RecipeConfig, name: str) -> Budget:
     steps, epochs, minutes = own if any(v is not None for v in own) else (
         fallback.max_steps, fallback.max_epochs, fallback.max_minutes)
     return Budget(steps, epochs, minutes, stage.lr if stage.lr is not None else fallback.lr)
+
+
+#: The smoke-test version of a config (`quick_config`).
+QUICK = {"steps": 8, "val_every": 4, "label_mixtures": 16, "eval_mixtures": 6, "valid": 6,
+         "preset": "tiny", "segment_seconds": 1.0, "batch_size": 2}
+
+
+def quick_config(config: RecipeConfig) -> RecipeConfig:
+    """A smoke-test version of `config` (minutes on a CPU): the tiny preset, a few steps
+    per stage on short crops, few mixtures labelled, validated and evaluated."""
+    c = dataclasses.replace(config)  # shallow; every section below is replaced, not mutated
+    stages = dataclasses.replace(config.stages)
+    for name in BUDGET_STAGES:
+        setattr(stages, name, dataclasses.replace(
+            getattr(config.stages, name), max_steps=QUICK["steps"], max_epochs=None,
+            max_minutes=None))
+    stages.label = dataclasses.replace(config.stages.label, max_mixtures=QUICK["label_mixtures"])
+    c.stages = stages
+    c.train = dataclasses.replace(config.train, val_every=QUICK["val_every"])
+    c.data = dataclasses.replace(config.data, valid_max_mixtures=QUICK["valid"],
+                                 segment_seconds=QUICK["segment_seconds"],
+                                 batch_size=QUICK["batch_size"])
+    c.model = dataclasses.replace(config.model, preset=QUICK["preset"])
+    c.eval = dataclasses.replace(config.eval, max_mixtures=QUICK["eval_mixtures"])
+    return c
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value parsed as YAML so that numbers, booleans and lists keep their
+    type; numbers such as `5e-4`, which YAML 1.1 reads as strings, become floats."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """["a.b=value", ...] -> {"a.b": value}; ConfigError for a pair that is not key=value."""
+    out = {}
+    for text in pairs:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {text!r} must read key=value, e.g. train.max_steps=50")
+        out[key.strip()] = parse_value(raw)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -346,21 +399,24 @@ def _check(config: RecipeConfig) -> None:
 
 
 def _check_model(config: RecipeConfig) -> None:
-    """The preset exists and the overrides are Conv-TasNet arguments."""
+    """The architecture is registered, its preset exists and the overrides are its
+    constructor's arguments."""
     import inspect
 
-    from tsmixit.models.conv_tasnet import PRESETS, ConvTasNet
+    from tsmixit.models.registry import separator_class
 
-    if config.model.preset not in PRESETS:
+    m = config.model
+    cls = separator_class(m.arch)
+    if m.preset not in cls.presets:
         raise ConfigError(
-            f"config key 'model.preset' must be one of {', '.join(PRESETS)}, "
-            f"got {config.model.preset!r}"
+            f"config key 'model.preset' must be one of {', '.join(cls.presets)} for "
+            f"model.arch={m.arch!r}, got {m.preset!r}"
         )
-    known = set(inspect.signature(ConvTasNet.__init__).parameters) - {"self"}
-    for key in config.model.options:
+    known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    for key in m.options:
         if key not in known:
             raise ConfigError(
-                f"unknown config key 'model.options.{key}'; Conv-TasNet takes "
+                f"unknown config key 'model.options.{key}'; {cls.__name__} takes "
                 f"{', '.join(sorted(known))}"
             )
 
@@ -379,19 +435,10 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
 
 def config_from_dict(data: dict | None, overrides: list[str] | dict | None = None) -> RecipeConfig:
     """Build and validate a RecipeConfig from a nested mapping plus overrides: a list of
-    "a.b=value" strings (values parsed as YAML) or a {"a.b": value} mapping."""
+    "a.b=value" strings (`parse_value`) or a {"a.b": value} mapping."""
     merged = _deep_copy(data or {})
-    pairs: list[tuple[str, Any]]
-    if isinstance(overrides, dict):
-        pairs = list(overrides.items())
-    else:
-        pairs = []
-        for text in overrides or []:
-            key, sep, raw = text.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"override {text!r} must read key=value, e.g. train.max_steps=50")
-            pairs.append((key.strip(), yaml.safe_load(raw)))
-    for key, value in pairs:
+    pairs = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
+    for key, value in pairs.items():
         _set_dotted(merged, key, value)
     config = _build(RecipeConfig, merged, "")
     _check(config)

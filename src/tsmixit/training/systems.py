@@ -1,12 +1,10 @@
 """Lightning systems of TS-MixIT (Zhang et al., Interspeech 2021):
 
-- ``MixITTeacher``: a Conv-TasNet with M outputs trained with MixIT on mixtures of
+- ``MixITTeacher``: a separator (``model.arch``) with M outputs trained with MixIT on mixtures of
   mixtures x = x1 + x2, loss min_A mean_n -SNR_tau(x_n, (A s_hat)_n), SNR_max = 30 dB.
-- ``PITSeparator``: a Conv-TasNet with k outputs trained with utterance-level PIT on
+- ``PITSeparator``: a separator with k outputs trained with utterance-level PIT on
   negative SI-SNR, against targets from the batch (pseudo-labels on disk, or true sources)
   or from a frozen teacher's k most energetic outputs computed per batch (on the fly).
-- ``PseudoLabeller``: the frozen teacher separating full-length mixtures for
-  ``Trainer.predict``; writes the k most energetic outputs per mixture to disk.
 
 Validation: SI-SNR improvement against the true sources of the labelled validation
 mixtures. A teacher (M > k outputs) is scored two ways: ``val_si_snri`` takes its k most
@@ -18,54 +16,34 @@ mixtures of mixtures (``val_loss``).
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from tsmixit.audio import model_channels
 from tsmixit.errors import TrainingError
-from tsmixit.evaluation.metrics import active_output_count, top_k_outputs
-from tsmixit.losses import mixit, mixit_assignments, pit, si_snr
-from tsmixit.models.conv_tasnet import ConvTasNet
+from tsmixit.losses import mixit, mixit_least_squares, pit
+from tsmixit.metrics import si_snri_oracle, si_snri_pit, top_k_by_energy
+from tsmixit.models.registry import build_separator
+
+#: Checkpoint layout (read by `tsmixit.training.checkpoints`): the separator is the module
+#: attribute ``model`` (state-dict keys ``model.*``), rebuilt by the registry from
+#: ``hyper_parameters["arch"]`` and ``hyper_parameters[HPARAMS_KEY]``.
+MODEL_PREFIX = "model."
+HPARAMS_KEY = "model_hparams"
+MIXIT_LOSSES = {"exact": mixit, "least_squares": mixit_least_squares}
 
 
-def model_input(mixture: Tensor, n_channels: int) -> Tensor:
-    """The microphones a model sees: (batch, C, T) -> (batch, n_channels, T); a single-channel
-    model gets microphone 0 (the reference) of a multi-channel mixture."""
-    return mixture[:, :n_channels]
+def model_input(mixture: Tensor, n_channels: int, stage: str) -> Tensor:
+    """What a separator of `n_channels` microphones is fed of a batch (B, C, T): the channel
+    policy of `tsmixit.audio.model_channels` (a single-channel model gets microphone 0)."""
+    x, _ = model_channels(mixture, n_channels, f"stage {stage or 'training'}")
+    return x
 
 
-def top_k_by_energy(est: Tensor, k: int) -> Tensor:
-    """The k most energetic outputs, most energetic first: (B, M, T) -> (B, k, T).
-    These are the pseudo-targets; the other M - k outputs are discarded, not merged."""
-    idx = top_k_outputs(est, k)  # (B, k)
-    return est.gather(1, idx.unsqueeze(-1).expand(-1, -1, est.shape[-1]))
-
-
-def si_snri_pit(est: Tensor, sources: Tensor, mixture: Tensor) -> Tensor:
-    """SI-SNRi of the best one-to-one pairing of estimates (B, E, T) with sources (B, S, T),
-    E >= S, over the reference-microphone mixture (B, T): mean over sources -> (B,)."""
-    loss, _ = pit(est, sources)  # (B,) mean negative SI-SNR of the best pairing
-    baseline = si_snr(mixture.unsqueeze(1).expand_as(sources), sources).mean(dim=-1)  # (B,)
-    return -loss - baseline
-
-
-def si_snri_oracle(est: Tensor, sources: Tensor, mixture: Tensor) -> Tensor:
-    """SI-SNRi of the best grouping of all M estimates (B, M, T) into S sources (B, S, T):
-    every 0/1 matrix A (S, M) with one 1 per column remixes A s_hat; the best mean SI-SNR
-    over the S^M matrices is kept -> (B,). The gap to top-k is the over-separation."""
-    A = mixit_assignments(sources.shape[1], est.shape[1]).to(est)  # (K, S, M)
-    remix = torch.einsum("ksm,bmt->bkst", A, est)  # (B, K, S, T)
-    score = si_snr(remix, sources.unsqueeze(1)).mean(dim=-1)  # (B, K)
-    baseline = si_snr(mixture.unsqueeze(1).expand_as(sources), sources).mean(dim=-1)  # (B,)
-    return score.max(dim=-1).values - baseline
-
-
-def init_from_teacher(student: ConvTasNet, teacher: ConvTasNet) -> list[str]:
+def init_from_teacher(student: nn.Module, teacher: nn.Module) -> list[str]:
     """Copy the teacher's weights into the student: every tensor of equal shape, and for the
     mask layer (n_sources * N rows, output-major) the rows of the teacher's first k outputs.
     Returns the names of tensors left at their random initialisation."""
@@ -87,7 +65,7 @@ def init_from_teacher(student: ConvTasNet, teacher: ConvTasNet) -> list[str]:
 
 
 class SeparationSystem(L.LightningModule):
-    """Shared parts: the Conv-TasNet, Adam with plateau halving of the learning rate,
+    """Shared parts: the separator, Adam with plateau halving of the learning rate,
     non-finite loss detection and validation SI-SNRi against true sources.
 
     The plateau scheduler is stepped here after each validation with the epoch's global
@@ -105,10 +83,11 @@ class SeparationSystem(L.LightningModule):
         plateau_patience: int = 3,
         monitor: str | None = "val_si_snri",
         stage: str = "",
+        arch: str = "conv_tasnet",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = ConvTasNet(**model_hparams)
+        self.model = build_separator(arch, **model_hparams)
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
         self._val_sums: dict[str, list[Tensor]] = {}
@@ -119,7 +98,7 @@ class SeparationSystem(L.LightningModule):
 
     def forward(self, mixture: Tensor) -> Tensor:
         """(B, C, T) mixture -> (B, n_sources, T) estimates at the reference microphone."""
-        return self.model(model_input(mixture, self.n_channels))
+        return self.model(model_input(mixture, self.n_channels, self.hparams.stage))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr)
@@ -184,7 +163,8 @@ class SeparationSystem(L.LightningModule):
 
 class MixITTeacher(SeparationSystem):
     """MixIT teacher with M = model_hparams["n_sources"] outputs; ``k`` is the number of
-    outputs the student keeps (the top-k SI-SNRi monitor)."""
+    outputs the student keeps (the top-k SI-SNRi monitor). ``mixit``: the training loss,
+    exact (all N^M assignments) or least squares (Wisdom et al., WASPAA 2021; large M)."""
 
     def __init__(
         self,
@@ -192,19 +172,23 @@ class MixITTeacher(SeparationSystem):
         sample_rate: int,
         k: int = 2,
         snr_max: float = 30.0,
+        mixit: Literal["exact", "least_squares"] = "exact",
         lr: float = 1e-3,
         plateau_factor: float = 0.5,
         plateau_patience: int = 3,
         monitor: str | None = "val_si_snri",
         stage: str = "teacher",
+        arch: str = "conv_tasnet",
     ) -> None:
         super().__init__(
-            model_hparams, sample_rate, lr, plateau_factor, plateau_patience, monitor, stage
+            model_hparams, sample_rate, lr, plateau_factor, plateau_patience, monitor, stage,
+            arch,
         )
+        self.mixit_loss = MIXIT_LOSSES[mixit]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         est = self(batch["mixture"])  # (B, M, T) from the MoM (B, C, T)
-        loss, _ = mixit(est, batch["references"], snr_max=self.hparams.snr_max)  # (B,)
+        loss, _ = self.mixit_loss(est, batch["references"], snr_max=self.hparams.snr_max)
         return self._train_loss(loss.mean())
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -212,9 +196,9 @@ class MixITTeacher(SeparationSystem):
         if "sources" in batch:
             self._validate_labelled(batch, est, self.hparams.k)
             # Oracle-grouping MixIT loss against the true sources.
-            loss, _ = mixit(est, batch["sources"], snr_max=self.hparams.snr_max)
+            loss, _ = self.mixit_loss(est, batch["sources"], snr_max=self.hparams.snr_max)
         else:
-            loss, _ = mixit(est, batch["references"], snr_max=self.hparams.snr_max)
+            loss, _ = self.mixit_loss(est, batch["references"], snr_max=self.hparams.snr_max)
         self._accumulate("val_loss", loss)
 
 
@@ -234,13 +218,17 @@ class PITSeparator(SeparationSystem):
         plateau_patience: int = 3,
         monitor: str | None = "val_si_snri",
         stage: str = "student",
+        arch: str = "conv_tasnet",
+        teacher_arch: str = "conv_tasnet",
     ) -> None:
         super().__init__(
-            model_hparams, sample_rate, lr, plateau_factor, plateau_patience, monitor, stage
+            model_hparams, sample_rate, lr, plateau_factor, plateau_patience, monitor, stage,
+            arch,
         )
         self.teacher = None
         if teacher_hparams is not None:
-            self.teacher = ConvTasNet(**teacher_hparams).requires_grad_(False).eval()
+            self.teacher = build_separator(teacher_arch, **teacher_hparams)
+            self.teacher.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> PITSeparator:
         super().train(mode)
@@ -252,7 +240,8 @@ class PITSeparator(SeparationSystem):
         mixture = batch["mixture"]  # (B, C, T)
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_est = self.teacher(model_input(mixture, self.teacher.n_channels))
+                teacher_est = self.teacher(
+                    model_input(mixture, self.teacher.n_channels, self.hparams.stage))
                 targets = top_k_by_energy(teacher_est, self.model.n_sources)  # (B, k, T)
         else:
             targets = batch["sources"]  # (B, k, T)
@@ -264,70 +253,3 @@ class PITSeparator(SeparationSystem):
         self._validate_labelled(batch, est, est.shape[1])
         loss, _ = pit(est, batch["sources"])
         self._accumulate("val_loss", loss)
-
-
-def safe_name(row_id: str) -> str:
-    """A file-name-safe version of a manifest row id."""
-    return re.sub(r"[^\w.-]", "_", str(row_id))
-
-
-class PseudoLabeller(L.LightningModule):
-    """The frozen teacher for ``Trainer.predict`` (inference mode, eval mode): separates each
-    full-length mixture (batch 1) and writes, per row, the k most energetic outputs as float
-    WAV ``audio/<id>_s<j>.wav`` (most energetic first; float keeps them exact and unclipped),
-    and ``rows/<id>.json`` (written last: the row is done; paths relative to ``out_dir``)
-    with the number of active outputs
-    (> ``threshold_db`` of the output energy) and each output's energy share in dB. Rows are
-    sharded across ranks by the distributed sampler.
-    """
-
-    def __init__(
-        self,
-        teacher: ConvTasNet,
-        k: int,
-        out_dir: Path,
-        rows: list[dict],
-        threshold_db: float = -20.0,
-    ) -> None:
-        super().__init__()
-        self.teacher = teacher.requires_grad_(False).eval()
-        self.k, self.out_dir, self.rows = k, Path(out_dir), rows
-        self.threshold_db = threshold_db
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        from tsmixit.audio import write_audio
-        from tsmixit.files import write_json_atomic
-
-        mixture = batch["mixture"]  # (B, C, T)
-        est = self.teacher(model_input(mixture, self.teacher.n_channels))  # (B, M, T)
-        top = top_k_by_energy(est, self.k).float().cpu().numpy()  # (B, k, T)
-        active = active_output_count(est, self.threshold_db).cpu().tolist()  # (B,)
-        energy = est.double().pow(2).sum(dim=-1)  # (B, M)
-        share_db = (10 * torch.log10(energy / energy.sum(-1, keepdim=True) + 1e-30)).cpu()
-        for b, index in enumerate(batch["index"].tolist()):
-            row = self.rows[index]
-            name = safe_name(row["id"])
-            sources = []
-            for j in range(self.k):
-                relative = f"audio/{name}_s{j}.wav"
-                write_audio(self.out_dir / relative, top[b, j], row["sample_rate"], "FLOAT")
-                sources.append(relative)
-            record = {
-                "id": row["id"],
-                "sources": sources,
-                "active_outputs": int(active[b]),
-                "energy_share_db": [round(v, 2) for v in share_db[b].tolist()],
-            }
-            if row.get("start", 0):
-                # A segment of a longer recording: the sources are read from the row's start
-                # frame on, so the segment's mixture gets its own file too.
-                record["mixture"] = f"audio/{name}_mix.wav"
-                write_audio(self.out_dir / record["mixture"], mixture[b].cpu().numpy(),
-                            row["sample_rate"], "FLOAT")
-            write_json_atomic(self.out_dir / "rows" / f"{name}.json", record)
-
-
-def read_label_record(out_dir: Path, row_id: str) -> dict | None:
-    """The record ``PseudoLabeller`` wrote for a row, or None if the row is not done."""
-    path = Path(out_dir) / "rows" / f"{safe_name(row_id)}.json"
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,122 +1,49 @@
-"""Evaluation of a separator on full-length test mixtures.
+"""Evaluation driver: a separator x a test set -> per-mixture scores (file and model I/O).
 
-For a mixture x with k reference sources y (k, T) and M separator outputs s_hat (M, T):
-
-- top-k: the k most energetic outputs, paired with the references by the best permutation
-  (what a student trained on a teacher's top-k pseudo-targets sees);
-- oracle: the best grouping of all M outputs into k non-empty groups, each group's outputs
-  summed, A s_hat with A (k, M) 0/1 and one 1 per column (the paper's oracle remix);
-- SI-SNRi = SI-SNR(s, y) - SI-SNR(x, y) and SDRi = SDR(s, y) - SDR(x, y), averaged over the
-  k sources; SDR is BSS-eval's (512-tap distortion filter) from fast-bss-eval, each pairing
-  with its own best permutation;
-- active outputs: the number of outputs holding more than `active_threshold_db` of the total
-  output energy. With the top-k/oracle gap it measures over-separation.
+Every test mixture is read from its manifest at full length, fed to the model as the channel
+policy says (`tsmixit.audio.model_channels`), and scored by `tsmixit.metrics.score_mixture`
+against its references at microphone 0: SI-SNRi and SDRi of the top-k outputs and of the
+oracle grouping, and the number of active outputs. The results are written as JSON for the
+report (`evaluate_into_run`) or for `tsmixit evaluate` (`evaluate_path`).
 
 PESQ and STOI of the top-k estimates are added when the `pesq` / `pystoi` packages are
 installed (they are optional); a mixture PESQ cannot score is NaN and left out of the mean.
 """
 
+import dataclasses
+import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import fast_bss_eval
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
-from tsmixit.audio import resample
-from tsmixit.data.manifest import Manifest, import_wsj0_2mix
+from tsmixit.audio import model_channels, resample
+from tsmixit.data.importers import import_wsj0_2mix
+from tsmixit.data.manifest import Manifest
 from tsmixit.errors import ManifestError, ModelFileError
 from tsmixit.files import atomic_path, write_json_atomic
-from tsmixit.losses import mixit_assignments, pit, reorder, si_snr
-from tsmixit.model_files import Separator, inference_device, load_model
+from tsmixit.inference import Separator
+from tsmixit.metrics import score_mixture
+from tsmixit.model_files import inference_device, load_model
+from tsmixit.training.checkpoints import load_separator
+from tsmixit.training.config import RecipeConfig
+from tsmixit.training.run_folder import in_run, stable_hash
+from tsmixit.training.splits import Splits, first
 
-#: SDR of a silent estimate is -inf; it is clamped to +-100 dB so that means stay finite.
-SDR_FLOOR_DB = -100.0
-#: Diagonal loading of BSS-eval's filter system (signals normalised to unit energy): a
-#: perfect estimate scores about 100 dB instead of NaN; ordinary values move < 1e-3 dB.
-SDR_LOAD_DIAG = 1e-10
-#: The oracle scores every grouping; refuse beyond this many (k^M) to stay exhaustive.
-MAX_GROUPINGS = 1 << 16
+log = logging.getLogger(__name__)
+
 #: Keys averaged into result["mean"] when present in the per-mixture rows.
 MEAN_KEYS = (
     "si_snri_topk", "sdri_topk", "si_snri_oracle", "sdri_oracle", "si_snr_topk", "sdr_topk",
     "si_snr_oracle", "sdr_oracle", "si_snr_mixture", "sdr_mixture", "active_outputs",
     "pesq_topk", "stoi_topk",
 )  # fmt: skip
-
-
-def top_k_outputs(est: Tensor, k: int) -> Tensor:
-    """Indices of the k most energetic outputs, most energetic first: (..., M, T) -> (..., k)."""
-    energy = est.double().pow(2).sum(dim=-1)  # (..., M)
-    return energy.argsort(dim=-1, descending=True, stable=True)[..., :k]
-
-
-def active_output_count(est: Tensor, threshold_db: float = -20.0) -> Tensor:
-    """Over-separation count: outputs whose energy share E_m / sum_m E_m exceeds
-    `threshold_db`: (..., M, T) -> (...,) long."""
-    energy = est.double().pow(2).sum(dim=-1)  # (..., M)
-    share = energy / energy.sum(dim=-1, keepdim=True).clamp_min(1e-20)  # (..., M)
-    return (share > 10.0 ** (threshold_db / 10.0)).sum(dim=-1)
-
-
-def oracle_grouping(est: Tensor, ref: Tensor, eps: float = 1e-8) -> Tensor:
-    """The 0/1 matrix A (k, M), one 1 per column and no empty row, maximising the mean
-    SI-SNR of the group sums A s_hat against the references.
-
-    Every grouping is scored from inner products in float64 (written by hand: no library
-    scores groupings): with G = <s_hat, s_hat>, c = <s_hat, y_j>, r = |y_j|^2 (zero-mean
-    signals), group j = a^T s_hat has <group, y_j> = a^T c and |group|^2 = a^T G a, and
-    SI-SNR = 10 log10( (a^T c)^2 / (r a^T G a - (a^T c)^2) ).
-
-    est: (M, T), ref: (k, T) -> A (k, M) in est's dtype.
-    """
-    n_out, k = est.shape[0], ref.shape[0]
-    if k**n_out > MAX_GROUPINGS:
-        raise ModelFileError(
-            f"the oracle grouping of {n_out} outputs into {k} groups has {k**n_out} "
-            f"candidates (> {MAX_GROUPINGS}); evaluate a model with fewer outputs."
-        )
-    A = mixit_assignments(k, n_out)  # (G, k, M) float64
-    A = A[(A.sum(dim=-1) > 0).all(dim=-1)]  # groupings leaving no reference without output
-    s = est.double() - est.double().mean(dim=-1, keepdim=True)  # (M, T)
-    y = ref.double() - ref.double().mean(dim=-1, keepdim=True)  # (k, T)
-    gram = s @ s.T  # (M, M)
-    cross = s @ y.T  # (M, k)
-    r = y.pow(2).sum(dim=-1)  # (k,)
-    dot = torch.einsum("gjm,mj->gj", A, cross)  # (G, k)
-    power = torch.einsum("gjm,mn,gjn->gj", A, gram, A)  # (G, k)
-    target = dot.pow(2)  # (G, k) = r * |alpha y|^2
-    noise = (r * power - target).clamp_min(0.0)  # (G, k) = r * |group - alpha y|^2
-    score = 10.0 * torch.log10((target + eps) / (noise + eps)).mean(dim=-1)  # (G,)
-    return A[score.argmax()].to(est.dtype)
-
-
-def sdr_pairwise(est: Tensor, ref: Tensor) -> Tensor:
-    """BSS-eval SDR of every (reference, estimate) pair: est (E, T), ref (k, T) -> (k, E) dB.
-
-    One call solves the references' distortion-filter system once for all E estimates, so
-    scoring the mixture, the top-k outputs and the oracle groups together costs little more
-    than one of them. fast-bss-eval's NumPy/SciPy backend on float64: torch 2.13's batched
-    LU solve on the CPU returns invalid pivots with more than one thread, which breaks the
-    torch backends of both fast-bss-eval and torchmetrics.
-    """
-    neg_sdr = fast_bss_eval.sdr_loss(
-        est.double().numpy(), ref.double().numpy(), pairwise=True, load_diag=SDR_LOAD_DIAG,
-        clamp_db=-SDR_FLOOR_DB,
-    )  # (k, E)
-    return torch.from_numpy(-np.asarray(neg_sdr, dtype=np.float64))
-
-
-def best_pairing(scores: Tensor) -> Tensor:
-    """(k, k) scores of (reference, estimate) pairs -> (k,) each reference's score under the
-    one-to-one pairing with the highest total."""
-    rows, cols = linear_sum_assignment(scores.numpy(), maximize=True)
-    return scores[torch.from_numpy(rows), torch.from_numpy(cols)]
 
 
 def _quality_metrics() -> dict[str, Callable[[np.ndarray, np.ndarray, int], float]]:
@@ -144,61 +71,6 @@ def _quality_metrics() -> dict[str, Callable[[np.ndarray, np.ndarray, int], floa
     else:
         scorers["stoi_topk"] = lambda ref, est, sr: float(stoi(ref, est, sr, extended=False))
     return scorers
-
-
-def score_mixture(
-    est: Tensor,
-    ref: Tensor,
-    mixture: Tensor,
-    k: int = 2,
-    active_threshold_db: float = -20.0,
-    sample_rate: int | None = None,
-    quality: dict[str, Callable] | None = None,
-) -> dict[str, Any]:
-    """All metrics of one mixture: est (M, T) outputs, ref (k, T) sources, mixture (T,) at
-    the reference microphone. Returns a flat dict (see the module docstring); "topk_outputs"
-    lists the kept outputs in reference order, "oracle_groups" each output's group."""
-    est, ref, mixture = est.float().cpu(), ref.float().cpu(), mixture.float().cpu()
-    n_out = est.shape[0]
-    si_mix = si_snr(mixture.expand(k, -1), ref)  # (k,)
-
-    top = top_k_outputs(est, k)  # (k,)
-    _, perm = pit(est[top][None], ref[None])  # (1, k): estimate index for each reference
-    aligned = reorder(est[top][None], perm)[0]  # (k, T)
-    si_top = si_snr(aligned, ref)
-
-    A = oracle_grouping(est, ref)  # (k, M)
-    groups = A @ est  # (k, T)
-    si_or = si_snr(groups, ref)
-
-    # With M = k outputs the groups are the top-k outputs reordered: same best-pairing SDR.
-    scored = [mixture[None], est[top]] + ([groups] if n_out > k else [])
-    sdr = sdr_pairwise(torch.cat(scored), ref)  # (k, 1 + k [+ k])
-    sdr_mix = sdr[:, 0]  # (k,)
-    sdr_top = best_pairing(sdr[:, 1 : 1 + k])
-    sdr_or = best_pairing(sdr[:, 1 + k :]) if n_out > k else sdr_top
-
-    row: dict[str, Any] = {
-        "n_outputs": n_out,
-        "si_snr_mixture": float(si_mix.mean()),
-        "sdr_mixture": float(sdr_mix.mean()),
-        "si_snr_topk": float(si_top.mean()),
-        "sdr_topk": float(sdr_top.mean()),
-        "si_snri_topk": float((si_top - si_mix).mean()),
-        "sdri_topk": float((sdr_top - sdr_mix).mean()),
-        "si_snr_oracle": float(si_or.mean()),
-        "sdr_oracle": float(sdr_or.mean()),
-        "si_snri_oracle": float((si_or - si_mix).mean()),
-        "sdri_oracle": float((sdr_or - sdr_mix).mean()),
-        "active_outputs": int(active_output_count(est, active_threshold_db)),
-        "topk_outputs": top[perm[0]].tolist(),
-        "oracle_groups": A.argmax(dim=0).tolist(),
-    }
-    for name, scorer in (quality or {}).items():
-        pairs = zip(ref.numpy(), aligned.numpy(), strict=True)
-        values = [scorer(r, e, sample_rate) for r, e in pairs]
-        row[name] = float(np.mean(values))  # NaN when a source could not be scored
-    return row
 
 
 def _length_batches(lengths: list[int], batch_size: int, max_padding: float) -> list[list[int]]:
@@ -234,11 +106,11 @@ def evaluate_separator(
     example_index: int | None = None,
     example_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Score `model` (a ConvTasNet or a loaded Separator) on every row of `manifest` at full
-    length. Rows are sorted by length and batched (zero-padded to the batch's longest, at most
-    `max_padding` longer than its shortest; outputs cropped to each row's length). The default
-    batch of 1 scores every mixture exactly: zero padding enters gLN's statistics, so larger
-    batches trade a small, batch-dependent change of the scores for speed.
+    """Score `model` (a registered separator or a loaded Separator) on every row of `manifest`
+    at full length. Rows are sorted by length and batched (zero-padded to the batch's longest,
+    at most `max_padding` longer than its shortest; outputs cropped to each row's length). The
+    default batch of 1 scores every mixture exactly: zero padding enters gLN's statistics, so
+    larger batches trade a small, batch-dependent change of the scores for speed.
 
     Returns {"per_mixture": [row dicts with "id" and the metrics of `score_mixture`],
     "mean": {metric: mean over mixtures, "over_separated": share of mixtures with more than
@@ -276,13 +148,10 @@ def evaluate_separator(
         longest = max(lengths[i] for i in batch)
         x = np.zeros((len(batch), n_channels, longest), np.float32)  # (B, C_model, T)
         for b, (i, mix) in enumerate(zip(batch, mixtures, strict=True)):
-            if mix.shape[0] < n_channels:
-                raise ManifestError(
-                    f"{manifest.name}: row {manifest.rows[i]['id']!r} has {mix.shape[0]} "
-                    f"channel(s), the model takes {n_channels}; evaluate it on data recorded "
-                    "with its microphone array."
-                )
-            x[b, :, : mix.shape[1]] = mix[:n_channels]  # a 1-channel model sees mic 0
+            # A 1-channel model's rows are read at mic 0 already (reference_only).
+            where = f"{manifest.name}: row {manifest.rows[i]['id']!r}"
+            fed, _ = model_channels(mix, n_channels, where)  # (C_model, T_i)
+            x[b, :, : mix.shape[1]] = fed
         inputs = torch.from_numpy(x).to(device)  # (B, C_model, T)
         if n_channels == 1:
             inputs = inputs[:, 0]  # (B, T)
@@ -398,3 +267,37 @@ def evaluate_path(
         write_json_atomic(json_out, result)
     return result
 
+
+def evaluate_stages(config: RecipeConfig, splits: Splits, run_dir: Path,
+                     summaries: dict[str, dict], progress: bool) -> dict[str, dict]:
+    """Every trained stage of a recipe scored on `eval.split` into RUN/eval/<system>.json
+    (redone only when the stage or the eval config changed); {system: mean metrics}."""
+    device = inference_device("cpu" if config.train.accelerator == "cpu" else "auto")
+    test = first(splits.manifest.select(split=config.eval.split), config.eval.max_mixtures)
+    if len(test) == 0:
+        raise ManifestError(f"{splits.path}: no {config.eval.split!r} rows to evaluate")
+    key = stable_hash([dataclasses.asdict(config.eval), len(test)])
+    results = {}
+    for name, summary in summaries.items():
+        if summary["kind"] == "label":
+            continue
+        out = run_dir / "eval" / f"{name}.json"
+        stamp = stable_hash([summary["fingerprint"], key])
+        if out.is_file():
+            result = json.loads(out.read_text())
+            if result.get("recipe_key") == stamp:
+                results[name] = result["mean"]
+                continue
+        model = load_separator(Path(summary["checkpoint"])).to(device)
+        evaluate_into_run(model, test, run_dir, system=name, stage=name,
+                          k=config.model.student_outputs,
+                          active_threshold_db=config.eval.active_threshold_db, progress=progress)
+        result = json.loads(out.read_text())
+        result.update(recipe_key=stamp, checkpoint=in_run(summary["checkpoint"], run_dir),
+                      train_seconds=summary.get("train_seconds"), steps=summary.get("steps"),
+                      labelled_mixtures=summary.get("labelled_mixtures"))
+        write_json_atomic(out, result)
+        results[name] = result["mean"]
+        log.info("[eval] %s: %s", name, ", ".join(
+            f"{k} {v:.2f}" for k, v in result["mean"].items() if isinstance(v, float)))
+    return results

@@ -1,4 +1,5 @@
-"""Chunked separation of files: stitching, channel handling, resampling and bad input."""
+"""Inference: the Separator and the chunked separation of files (stitching, channel policy,
+resampling and bad input)."""
 
 import json
 
@@ -8,9 +9,14 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from tsmixit.model_files import Separator
+from tsmixit.inference import (
+    ChunkStitcher,
+    Separator,
+    align_to_previous,
+    crossfade_windows,
+    separate_files,
+)
 from tsmixit.models.conv_tasnet import ConvTasNet
-from tsmixit.separate import ChunkStitcher, align_to_previous, crossfade_windows, separate_files
 
 SR = 8000
 
@@ -109,16 +115,17 @@ def test_separate_files_chunked_equals_unchunked(tmp_path, file_sr):
     assert log[0]["rtf"] == pytest.approx(log[0]["wall_seconds"] / 12.0)
 
 
-def test_stereo_is_mixed_down_with_a_note(tmp_path):
+def test_stereo_feeds_microphone_0_with_a_note(tmp_path):
     left, right = _speechlike(3.0, SR, 1), _speechlike(3.0, SR, 2)
     sf.write(tmp_path / "stereo.wav", np.stack([left, right], 1), SR, subtype="FLOAT")
     separator = Separator(HalfWaveSplit(), SR, {})
     [result] = separate_files(separator, [tmp_path], tmp_path / "out", progress=False)
     assert result["error"] is None
-    assert "mixed down" in result["notes"][0]
-    mono = (left + right) / 2
+    assert "stereo.wav has 2 channels" in result["notes"][0]
+    assert "fed microphone 0" in result["notes"][0]
     got = np.stack([_read(p) for p in result["outputs"]])
-    _assert_matches_either_order(got, np.stack([np.maximum(mono, 0), np.minimum(mono, 0)]), 1e-6)
+    # What training feeds a single-channel model: the reference microphone, not the average.
+    _assert_matches_either_order(got, np.stack([np.maximum(left, 0), np.minimum(left, 0)]), 1e-6)
 
 
 def test_short_file_with_conv_tasnet_equals_separator(tmp_path):

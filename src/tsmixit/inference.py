@@ -1,4 +1,9 @@
-"""Separation of users' recordings: files or folders in, K waveforms per file out.
+"""Inference: a trained separator applied to users' recordings, in memory or file by file.
+
+`Separator` wraps a trained network (y_hat = f(x), K outputs at the input's rate, resampled
+in and out with soxr) and feeds it the microphones the channel policy names
+(`tsmixit.audio.model_channels`: a single-channel model gets microphone 0, with a
+`ChannelNote`). `tsmixit.model_files.load_model` returns one.
 
 Long recordings are processed in overlapping chunks, one at a time, so memory stays bounded
 whatever the length: the file is read in blocks (soundfile), resampled as a stream (soxr),
@@ -13,6 +18,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,20 +26,85 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import soxr
+import torch
 from scipy.optimize import linear_sum_assignment
+from torch import nn
 from tqdm import tqdm
 
-from tsmixit.audio import SILENCE_DB, audio_info
-from tsmixit.errors import AudioError, TsmixitError
+from tsmixit.audio import AUDIO_SUFFIXES, SILENCE_DB, audio_info, model_channels, resample
+from tsmixit.errors import AudioError, ModelFileError, TsmixitError
 from tsmixit.files import atomic_path
-from tsmixit.model_files import Separator
 
-#: File suffixes collected from input folders.
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff")
 #: Recordings shorter than this are refused: too short to hold speech to separate.
 MIN_SECONDS = 0.25
 #: Name of the per-file timing log written in the output folder.
 LOG_NAME = "separation.jsonl"
+
+
+class ChannelNote(UserWarning):
+    """A multi-channel input was reduced to microphone 0 for a single-channel model."""
+
+
+class Separator:
+    """A trained separator ready for inference: y_hat = f(x), K outputs at the input's rate.
+
+    Attributes: model (the nn.Module, eval mode), sample_rate (Hz the model was trained at),
+    n_outputs (K), n_channels (C the model takes), config (the config.json contents).
+    """
+
+    def __init__(self, model: nn.Module, sample_rate: int, config: dict[str, Any]):
+        self.model = model.eval()
+        self.sample_rate = int(sample_rate)
+        self.config = config
+        self.n_outputs = int(model.hparams["n_sources"])
+        self.n_channels = int(model.hparams.get("n_channels", 1))
+
+    def __repr__(self) -> str:
+        return (
+            f"Separator({type(self.model).__name__}, {self.sample_rate} Hz, "
+            f"{self.n_channels} channel(s) in, {self.n_outputs} outputs)"
+        )
+
+    @torch.inference_mode()
+    def forward_model_rate(self, wav: np.ndarray) -> np.ndarray:
+        """Run the network on a (C, T) float32 input at the model's rate, C = n_channels (as
+        `model_channels` returns it) -> (K, T)."""
+        device = next(self.model.parameters()).device
+        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).to(device)
+        x = x[0][None] if self.n_channels == 1 else x[None]  # (1, T) or (1, C, T)
+        return self.model(x)[0].float().cpu().numpy()  # (K, T)
+
+    def separate(
+        self, waveform: np.ndarray | torch.Tensor, sample_rate: int
+    ) -> np.ndarray:
+        """Separate one recording in a single pass: (T,) or (C, T) at `sample_rate` -> (K, T)
+        float32 at the same rate. Resampled in and out with soxr when the rates differ.
+        For long recordings use `separate_files` (bounded memory).
+        """
+        wav = waveform.detach().cpu().numpy() if torch.is_tensor(waveform) else waveform
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim == 1:
+            wav = wav[None]
+        if wav.ndim != 2 or wav.shape[1] == 0:
+            raise ModelFileError(
+                f"expected a waveform of shape (T,) or (C, T), got {tuple(wav.shape)}"
+            )
+        if not np.isfinite(wav).all():
+            raise ModelFileError("the waveform contains NaN or infinite samples")
+        wav, note = model_channels(wav, self.n_channels, "the waveform")
+        if note:
+            warnings.warn(note, ChannelNote, stacklevel=2)
+        n_frames = wav.shape[1]
+        est = self.forward_model_rate(resample(wav, sample_rate, self.sample_rate))
+        est = resample(est, self.sample_rate, sample_rate)  # (K, T')
+        return _fit_length(est, n_frames)
+
+
+def _fit_length(wav: np.ndarray, n_frames: int) -> np.ndarray:
+    """Crop or zero-pad (K, T') to (K, n_frames): resampling may be off by a sample."""
+    if wav.shape[1] >= n_frames:
+        return np.ascontiguousarray(wav[:, :n_frames])
+    return np.pad(wav, ((0, 0), (0, n_frames - wav.shape[1])))
 
 
 def crossfade_windows(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,10 +274,9 @@ def separate_file(
         raise AudioError(
             f"{path}: only {seconds:.3f} s of audio; at least {MIN_SECONDS} s is needed."
         )
-    notes = []
-    if info.channels != separator.n_channels:
-        _, note = separator.prepare_channels(np.zeros((info.channels, 1), np.float32))
-        notes.append(note)
+    _, note = model_channels(np.zeros((info.channels, 1), np.float32), separator.n_channels,
+                             str(path))
+    notes = [note] if note else []
     chunk = int(round(chunk_seconds * sr_model))
     overlap = int(round(overlap_seconds * sr_model))
     if not 0 < overlap < chunk:
@@ -242,7 +312,7 @@ def separate_file(
             written += est.shape[1]
 
         for data in _read_blocks(path, block):
-            data, _ = separator.prepare_channels(data)  # (C_model, n)
+            data, _ = model_channels(data, separator.n_channels, str(path))  # (C_model, n)
             emit(stitcher.push(to_model(data)))
         emit(stitcher.push(to_model(np.zeros((separator.n_channels, 0), np.float32), last=True)))
         emit(stitcher.finish(), last=True)

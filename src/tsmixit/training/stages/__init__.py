@@ -1,0 +1,19 @@
+"""One module per stage kind; each ``run(stage, ctx, folder) -> summary`` trains or labels
+into RUN/<stage> and returns what its summary.json records. A new kind is one module here
+and one line in `RUNNERS`.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tsmixit.training.fit import StageContext
+from tsmixit.training.plan import Stage
+from tsmixit.training.stages import finetune, label, student, supervised, teacher
+
+RUNNERS: dict[str, Callable[[Stage, StageContext, Path], dict]] = {
+    "teacher": teacher.run,
+    "label": label.run,
+    "student": student.run,
+    "finetune": finetune.run,
+    "supervised": supervised.run,
+}

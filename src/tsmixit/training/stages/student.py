@@ -1,0 +1,61 @@
+"""Stage kind "student": a k-output separator trained with utterance-level PIT on negative
+SI-SNR against its teacher's pseudo-targets (Zhang et al., Interspeech 2021), from the
+label stage's manifest (mode "disk") or from the frozen teacher per batch (mode "fly").
+No true sources are read. In a distillation round the teacher is the previous round's last
+model, and ``stages.distill.init`` says whether the student starts from its weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tsmixit.data.datasets import LabelledDataset, SegmentDataset
+from tsmixit.data.manifest import Manifest
+from tsmixit.training.checkpoints import load_separator
+from tsmixit.training.fit import (
+    StageContext,
+    fit,
+    model_hparams,
+    stage_data,
+    system_options,
+    validation_set,
+)
+from tsmixit.training.plan import Stage
+from tsmixit.training.systems import PITSeparator, init_from_teacher
+
+log = logging.getLogger(__name__)
+
+
+def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
+    cfg = ctx.config
+    segment = ctx.splits.frames(cfg.data.segment_seconds)
+    label = ctx.summaries[stage.labels_from]
+    if label["mode"] == "disk":
+        pseudo = Manifest.load(Path(label["manifest"]))
+        train = LabelledDataset(pseudo, segment, seed=cfg.train.seed, allow_unlabelled=True,
+                                reference_only=ctx.reference_only)
+    else:
+        train = SegmentDataset(ctx.splits.unlabelled, segment, seed=cfg.train.seed,
+                               reference_only=ctx.reference_only)
+    teacher_path = ctx.checkpoint(stage.teacher)
+    teacher = load_separator(teacher_path)
+    valid = validation_set(ctx)
+    monitor = "val_si_snri" if valid is not None else None
+    on_the_fly = label["mode"] == "fly"
+    system = PITSeparator(
+        model_hparams(ctx, cfg.model.student_outputs, cfg.model.student_consistency),
+        teacher_hparams=teacher.hparams if on_the_fly else None, monitor=monitor,
+        teacher_arch=cfg.model.arch, **system_options(ctx, stage))
+    if on_the_fly:
+        system.teacher.load_state_dict(teacher.state_dict())
+    if stage.init is not None:
+        start_from(stage, system, teacher)
+    return fit(ctx, stage, folder, system, stage_data(ctx, train, valid), monitor)
+
+
+def start_from(stage: Stage, system: PITSeparator, model) -> None:
+    """Initialise the system's separator from `model` (every tensor whose shape fits)."""
+    untouched = init_from_teacher(system.model, model)
+    if untouched:
+        log.info("[%s] initialised from %s except %s", stage.name, stage.init, untouched)
