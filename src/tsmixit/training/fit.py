@@ -30,6 +30,7 @@ from tsmixit.training.datamodule import StageData
 from tsmixit.training.plan import Stage
 from tsmixit.training.run_folder import keep_metrics, merge_metrics
 from tsmixit.training.splits import Splits
+from tsmixit.training.systems import PITSeparator
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,18 @@ def system_options(ctx: StageContext, stage: Stage) -> dict[str, Any]:
     return dict(sample_rate=ctx.splits.sample_rate, arch=ctx.config.model.arch, lr=budget.lr,
                 plateau_factor=t.plateau_factor, plateau_patience=t.plateau_patience,
                 stage=stage.name)
+
+
+def pit_separator(ctx: StageContext, stage: Stage, **options: Any
+                  ) -> tuple[PITSeparator, Dataset | None, str | None]:
+    """A k-output PIT separator for `stage` (students, fine-tuning, baselines), its labelled
+    validation set and the value it monitors (None without validation)."""
+    valid = validation_set(ctx)
+    monitor = "val_si_snri" if valid is not None else None
+    m = ctx.config.model
+    system = PITSeparator(model_hparams(ctx, m.student_outputs, m.student_consistency),
+                          monitor=monitor, **options, **system_options(ctx, stage))
+    return system, valid, monitor
 
 
 class _StageLine(Callback):

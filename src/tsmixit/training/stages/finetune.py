@@ -9,17 +9,9 @@ from pathlib import Path
 
 from tsmixit.data.datasets import LabelledDataset
 from tsmixit.training.checkpoints import load_separator
-from tsmixit.training.fit import (
-    StageContext,
-    fit,
-    model_hparams,
-    stage_data,
-    system_options,
-    validation_set,
-)
+from tsmixit.training.fit import StageContext, fit, pit_separator, stage_data
 from tsmixit.training.plan import Stage
 from tsmixit.training.stages.student import start_from
-from tsmixit.training.systems import PITSeparator
 
 
 def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
@@ -27,11 +19,7 @@ def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
     segment = ctx.splits.frames(cfg.data.segment_seconds)
     train = LabelledDataset(ctx.splits.labelled_train, segment, seed=cfg.train.seed,
                             reference_only=ctx.reference_only)
-    valid = validation_set(ctx)
-    monitor = "val_si_snri" if valid is not None else None
     previous = load_separator(ctx.checkpoint(stage.init))
-    system = PITSeparator(
-        model_hparams(ctx, cfg.model.student_outputs, cfg.model.student_consistency),
-        monitor=monitor, **system_options(ctx, stage))
+    system, valid, monitor = pit_separator(ctx, stage)
     start_from(stage, system, previous)
     return fit(ctx, stage, folder, system, stage_data(ctx, train, valid), monitor)

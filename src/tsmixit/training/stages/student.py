@@ -13,14 +13,7 @@ from pathlib import Path
 from tsmixit.data.datasets import LabelledDataset, SegmentDataset
 from tsmixit.data.manifest import Manifest
 from tsmixit.training.checkpoints import load_separator
-from tsmixit.training.fit import (
-    StageContext,
-    fit,
-    model_hparams,
-    stage_data,
-    system_options,
-    validation_set,
-)
+from tsmixit.training.fit import StageContext, fit, pit_separator, stage_data
 from tsmixit.training.plan import Stage
 from tsmixit.training.systems import PITSeparator, init_from_teacher
 
@@ -40,13 +33,10 @@ def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
                                reference_only=ctx.reference_only)
     teacher_path = ctx.checkpoint(stage.teacher)
     teacher = load_separator(teacher_path)
-    valid = validation_set(ctx)
-    monitor = "val_si_snri" if valid is not None else None
     on_the_fly = label["mode"] == "fly"
-    system = PITSeparator(
-        model_hparams(ctx, cfg.model.student_outputs, cfg.model.student_consistency),
-        teacher_hparams=teacher.hparams if on_the_fly else None, monitor=monitor,
-        teacher_arch=cfg.model.arch, **system_options(ctx, stage))
+    system, valid, monitor = pit_separator(
+        ctx, stage, teacher_hparams=teacher.hparams if on_the_fly else None,
+        teacher_arch=cfg.model.arch)
     if on_the_fly:
         system.teacher.load_state_dict(teacher.state_dict())
     if stage.init is not None:

@@ -8,16 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tsmixit.data.datasets import LabelledDataset
-from tsmixit.training.fit import (
-    StageContext,
-    fit,
-    model_hparams,
-    stage_data,
-    system_options,
-    validation_set,
-)
+from tsmixit.training.fit import StageContext, fit, pit_separator, stage_data
 from tsmixit.training.plan import Stage
-from tsmixit.training.systems import PITSeparator
 
 
 def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
@@ -29,9 +21,5 @@ def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
     else:
         train = LabelledDataset(splits.labelled_train, segment, seed=cfg.train.seed,
                                 reference_only=ctx.reference_only)
-    valid = validation_set(ctx)
-    monitor = "val_si_snri" if valid is not None else None
-    system = PITSeparator(
-        model_hparams(ctx, cfg.model.student_outputs, cfg.model.student_consistency),
-        monitor=monitor, **system_options(ctx, stage))
+    system, valid, monitor = pit_separator(ctx, stage)
     return fit(ctx, stage, folder, system, stage_data(ctx, train, valid), monitor)
