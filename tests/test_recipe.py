@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import cli_recipe, make_corpus, read_metrics, tiny_overrides, write_config
-from tsmixit.errors import TrainingError
+from tsmixit.errors import ConfigError, TrainingError
 from tsmixit.recipe import run_recipe
 from tsmixit.training.checkpoints import load_checkpoint
 from tsmixit.training.config import load_config
@@ -236,3 +236,45 @@ def test_a_run_folder_of_the_previous_layout_is_refused_until_fresh(corpus, tmp_
         run_recipe(config, tmp_path, stages=["teacher"])
     result = run_recipe(config, tmp_path, stages=["teacher"], fresh=True)
     assert result["stages"]["teacher"]["layout"] == json.loads(path.read_text())["layout"]
+
+
+def _as_wsj_folder(manifest_path: Path, folder: Path) -> Path:
+    """The test rows of a manifest written out as a WSJ0-2mix test folder (tt/mix, s1, s2)."""
+    import soundfile as sf
+
+    from tsmixit.data.manifest import Manifest
+
+    test = Manifest.load(manifest_path).select(split="test")
+    for i, row in enumerate(test.rows):
+        mixture, sources = test.load_example(i, False)
+        for sub, wav in (("mix", mixture[0]), ("s1", sources[0]), ("s2", sources[1])):
+            (folder / "tt" / sub).mkdir(parents=True, exist_ok=True)
+            sf.write(folder / "tt" / sub / f"{row['id']}.wav", wav, row["sample_rate"],
+                     subtype="FLOAT")
+    return folder
+
+
+def test_extra_test_sets_are_scored_for_every_system(full_run, corpus, tmp_path):
+    """The corpus's own test mixtures, given again as a WSJ0-2mix folder, score the same."""
+    run, _, result, _ = full_run
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved)
+    again = _as_wsj_folder(corpus, tmp_path / "again")
+    config = load_config(moved / "config.yaml", [f"eval.extra_sets=['{again}']"])
+    out = run_recipe(config, moved)
+    assert set(out["eval_sets"]["again"]) == set(TRAINING)
+    for system in TRAINING:
+        main = json.loads((moved / "eval" / f"{system}.json").read_text())["per_mixture"]
+        extra = json.loads((moved / "eval" / "sets" / "again" / f"{system}.json").read_text())
+        assert [m["id"] for m in extra["per_mixture"]] == [f"test/{m['id']}" for m in main]
+        for a, b in zip(main, extra["per_mixture"], strict=True):
+            assert b["si_snri_topk"] == pytest.approx(a["si_snri_topk"], abs=1e-3)
+    report = (moved / "report.md").read_text()
+    assert "| again SI-SNRi / SDRi |" in report
+    with pytest.raises(ConfigError, match="eval.extra_sets.*missing.*does not exist"):
+        run_recipe(load_config(moved / "config.yaml",
+                               [f"eval.extra_sets=['{tmp_path / 'missing'}']"]), moved)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="eval.extra_sets.*empty.*WSJ0-2mix"):
+        run_recipe(load_config(moved / "config.yaml",
+                               [f"eval.extra_sets=['{tmp_path / 'empty'}']"]), moved)

@@ -98,10 +98,16 @@ def _recipe_summary(summary: dict, wall_seconds: float) -> str:
     report = Path(summary["run_dir"]) / "report.json"
     if report.exists():
         results = json.loads(report.read_text())
-        lines += ["", f"{'system':<44} {'SI-SNRi':>8} {'SDRi':>8} {'active':>7}"]
+        sets = list(dict.fromkeys(n for row in results["rows"] for n in row.get("sets", {})))
+        lines += ["", f"{'system':<44} {'SI-SNRi':>8} {'SDRi':>8} {'active':>7}"
+                  + "".join(f" {name[:12]:>12}" for name in sets)]
         for row in results["rows"]:
+            other = "".join(f" {row['sets'][n]['si_snri']:>12.2f}" if n in row["sets"]
+                            else f" {'-':>12}" for n in sets)
             lines.append(f"{row['label']:<44} {row['si_snri']:>8.2f} {row['sdri']:>8.2f} "
-                         f"{row['active_outputs']:>7.2f}")
+                         f"{row['active_outputs']:>7.2f}{other}")
+        if sets:
+            lines.append(f"(columns after 'active': SI-SNRi on eval.extra_sets {sets})")
         lines.append("")
         lines += [f"{c['status']:>13}: {c['claim']} ({c['detail']})" for c in results["claims"]]
         lines.append(f"\nreport: {summary.get('report')}")

@@ -129,7 +129,12 @@ def _run_one(config: RecipeConfig, stages: list[str] | None, run_dir: Path, fres
     if plan.wanted("eval"):
         from tsmixit.evaluation.evaluate import evaluate_stages
 
-        result["eval"] = evaluate_stages(config, splits, run_dir, ctx.summaries, progress)
+        result["eval"] = evaluate_stages(config, splits.test, run_dir / "eval", run_dir,
+                                         ctx.summaries, progress)
+        result["eval_sets"] = {
+            name: evaluate_stages(config, test, run_dir / "eval" / "sets" / name, run_dir,
+                                  ctx.summaries, progress)
+            for name, test in splits.extra_sets.items()}
     if plan.wanted("export") and any(s["kind"] in ("student", "finetune")
                                      for s in ctx.summaries.values()):
         result["model"] = str(export_best(splits, run_dir, ctx.summaries))

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tsmixit.audio import model_channels, resample
-from tsmixit.data.importers import import_wsj0_2mix
+from tsmixit.data.importers import open_test_set
 from tsmixit.data.manifest import Manifest
 from tsmixit.errors import ManifestError, ModelFileError
 from tsmixit.files import atomic_path, write_json_atomic
@@ -34,7 +34,6 @@ from tsmixit.model_files import inference_device, load_model
 from tsmixit.training.checkpoints import load_separator
 from tsmixit.training.config import RecipeConfig
 from tsmixit.training.run_folder import in_run, stable_hash
-from tsmixit.training.splits import Splits, first
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +213,16 @@ def _save_example(
 def evaluate_into_run(
     model: nn.Module | Separator,
     manifest: Manifest,
-    run_dir: str | os.PathLike,
+    eval_dir: str | os.PathLike,
     system: str,
     stage: str | None = None,
     **kwargs: Any,
 ) -> Path:
-    """Evaluate and write RUN/eval/<system>.json (the report's input) with the example
-    mixture in RUN/eval/examples/<system>.npz. `system` names the row of the results table
-    (see tsmixit.evaluation.report.SYSTEMS); `stage` the run stage it comes from."""
-    eval_dir = Path(run_dir) / "eval"
+    """Evaluate and write EVAL/<system>.json (the report's input: EVAL = RUN/eval, or
+    RUN/eval/sets/<name> for an extra test set) with the example mixture in
+    EVAL/examples/<system>.npz. `system` names the row of the results table; `stage` the
+    run stage it comes from."""
+    eval_dir = Path(eval_dir)
     example = eval_dir / "examples" / f"{system}.npz"
     result = evaluate_separator(model, manifest, example_path=example, **kwargs)
     result["example"]["path"] = str(example.relative_to(eval_dir))
@@ -230,23 +230,6 @@ def evaluate_into_run(
     out = eval_dir / f"{system}.json"
     write_json_atomic(out, result)
     return out
-
-
-def open_test_set(data: str | os.PathLike, split: str | None = "test") -> Manifest:
-    """A manifest file, or a WSJ0-2mix-style folder (imported on the fly), restricted to
-    `split` (None: all rows)."""
-    data = Path(data)
-    manifest = import_wsj0_2mix(data) if data.is_dir() else Manifest.load(data)
-    if split is None:
-        return manifest
-    chosen = manifest.select(split=split)
-    if len(chosen) == 0:
-        found = sorted({row["split"] for row in manifest.rows})
-        raise ManifestError(
-            f"{data}: no mixtures in split {split!r} (it has {', '.join(found)}); choose "
-            "another split."
-        )
-    return chosen
 
 
 def evaluate_path(
@@ -268,20 +251,21 @@ def evaluate_path(
     return result
 
 
-def evaluate_stages(config: RecipeConfig, splits: Splits, run_dir: Path,
-                     summaries: dict[str, dict], progress: bool) -> dict[str, dict]:
-    """Every trained stage of a recipe scored on `eval.split` into RUN/eval/<system>.json
-    (redone only when the stage or the eval config changed); {system: mean metrics}."""
+def evaluate_stages(config: RecipeConfig, test: Manifest, eval_dir: Path, run_dir: Path,
+                    summaries: dict[str, dict], progress: bool) -> dict[str, dict]:
+    """Every trained stage of a recipe scored on the test set `test` into
+    EVAL/<system>.json (redone only when the stage, the eval config or the test set
+    changed); {system: mean metrics}."""
     device = inference_device("cpu" if config.train.accelerator == "cpu" else "auto")
-    test = first(splits.manifest.select(split=config.eval.split), config.eval.max_mixtures)
     if len(test) == 0:
-        raise ManifestError(f"{splits.path}: no {config.eval.split!r} rows to evaluate")
-    key = stable_hash([dataclasses.asdict(config.eval), len(test)])
+        raise ManifestError(f"{test.name}: no {config.eval.split!r} rows to evaluate")
+    settings = {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "extra_sets"}
+    key = stable_hash([settings, len(test), [row["id"] for row in test.rows]])
     results = {}
     for name, summary in summaries.items():
         if summary["kind"] == "label":
             continue
-        out = run_dir / "eval" / f"{name}.json"
+        out = eval_dir / f"{name}.json"
         stamp = stable_hash([summary["fingerprint"], key])
         if out.is_file():
             result = json.loads(out.read_text())
@@ -289,7 +273,7 @@ def evaluate_stages(config: RecipeConfig, splits: Splits, run_dir: Path,
                 results[name] = result["mean"]
                 continue
         model = load_separator(Path(summary["checkpoint"])).to(device)
-        evaluate_into_run(model, test, run_dir, system=name, stage=name,
+        evaluate_into_run(model, test, eval_dir, system=name, stage=name,
                           k=config.model.student_outputs,
                           active_threshold_db=config.eval.active_threshold_db, progress=progress)
         result = json.loads(out.read_text())
@@ -298,6 +282,6 @@ def evaluate_stages(config: RecipeConfig, splits: Splits, run_dir: Path,
                       labelled_mixtures=summary.get("labelled_mixtures"))
         write_json_atomic(out, result)
         results[name] = result["mean"]
-        log.info("[eval] %s: %s", name, ", ".join(
+        log.info("[eval %s] %s: %s", eval_dir.name, name, ", ".join(
             f"{k} {v:.2f}" for k, v in result["mean"].items() if isinstance(v, float)))
     return results

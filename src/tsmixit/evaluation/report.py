@@ -90,12 +90,20 @@ def load_run(run_dir: Path) -> dict[str, Any]:
                 f"{summary.get('layout', 1)}, this version reads {LAYOUT}); rerun its recipe "
                 "with --fresh to retrain in this folder, or with another --run-dir")
         summaries[summary["stage"]] = summary
+    evals = _read_evals(run_dir / "eval")
+    sets = {folder.name: _read_evals(folder)
+            for folder in sorted((run_dir / "eval" / "sets").glob("*")) if folder.is_dir()}
+    return {"run_dir": run_dir, "summaries": summaries, "evals": evals, "sets": sets}
+
+
+def _read_evals(folder: Path) -> dict[str, dict[str, Any]]:
+    """The evaluations in a folder, by system."""
     evals = {}
-    for path in sorted((run_dir / "eval").glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         result = _read_json(path)
         if result is not None and "mean" in result:
             evals[result.get("system", path.stem)] = result
-    return {"run_dir": run_dir, "summaries": summaries, "evals": evals}
+    return evals
 
 
 def table_rows(run: dict[str, Any], run_name: str | None = None) -> list[dict[str, Any]]:
@@ -126,10 +134,14 @@ def table_rows(run: dict[str, Any], run_name: str | None = None) -> list[dict[st
         if summary["kind"] == "teacher":
             variants.append(("oracle", f"MixIT teacher (oracle grouping into {k})"))
         for variant, text in variants:
+            other = {name: evals[common["system"]]["mean"]
+                     for name, evals in run.get("sets", {}).items() if common["system"] in evals}
             rows.append({
                 **common, "label": text if run_name is None else f"{text} [{run_name}]",
                 "scoring": variant, "si_snri": mean.get(f"si_snri_{variant}"),
                 "sdri": mean.get(f"sdri_{variant}"),
+                "sets": {name: {"si_snri": m.get(f"si_snri_{variant}"),
+                                "sdri": m.get(f"sdri_{variant}")} for name, m in other.items()},
             })
     return rows
 
@@ -396,17 +408,20 @@ def _markdown(rows: list[dict[str, Any]], claims: list[dict[str, Any]], plots: l
     lines = [f"# TS-MixIT results: `{run_dir}`", ""]
     if rows:
         first = rows[0]
+        sets = list(dict.fromkeys(name for r in rows for name in r["sets"]))
         lines += [
             f"Test set: {first['n_mixtures']} mixtures, k = {k} references. SI-SNRi and SDRi "
             "in dB over the mixture (SDR: BSS-eval with 512-tap filters). Top-k: the k most "
             "energetic outputs; oracle: the best grouping of all outputs into k. Active "
             "outputs: mean count of outputs above the energy-share threshold; over-separated: "
             f"share of mixtures with more than {k} active. Time: this stage's training "
-            "(and the whole pipeline up to it).",
+            "(and the whole pipeline up to it)."
+            + (" Other test sets (eval.extra_sets): SI-SNRi / SDRi on each." if sets else ""),
             "",
-            "| System | mics | SI-SNRi | SDRi | active outputs | over-separated | labelled "
-            "mixtures | training time |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
+            "| System | mics | SI-SNRi | SDRi | "
+            + "".join(f"{name} SI-SNRi / SDRi | " for name in sets)
+            + "active outputs | over-separated | labelled mixtures | training time |",
+            "|---|---:|---:|---:|" + "---:|" * len(sets) + "---:|---:|---:|---|",
         ]
         for r in rows:
             over = "-" if r["over_separated"] is None else f"{r['over_separated']:.0%}"
@@ -415,9 +430,13 @@ def _markdown(rows: list[dict[str, Any]], claims: list[dict[str, Any]], plots: l
                 time_text += f" ({_duration(r['total_seconds'])} total)"
             active = (f"{r['active_outputs']:.2f} / {r['n_outputs']}"
                       if r["active_outputs"] is not None else "-")
+            other = "".join(
+                f"{_num(r['sets'][n]['si_snri'])} / {_num(r['sets'][n]['sdri'])} | "
+                if n in r["sets"] else "- | " for n in sets)
             lines.append(
                 f"| {r['label']} | {r['n_channels']} | {_num(r['si_snri'])} | {_num(r['sdri'])} "
-                f"| {active} | {over} | {_num(r['labelled_mixtures'], 'd')} | {time_text} |"
+                f"| {other}{active} | {over} | {_num(r['labelled_mixtures'], 'd')} "
+                f"| {time_text} |"
             )
     else:
         lines.append("No evaluated systems yet (RUN/eval/*.json is empty).")

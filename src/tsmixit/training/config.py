@@ -148,6 +148,9 @@ class EvalConfig:
     split: Literal["train", "valid", "test"] = "test"
     active_threshold_db: float = -20.0
     max_mixtures: int | None = None
+    # Test sets beside the corpus's own: manifests or WSJ0-2mix folders (their "test" rows,
+    # at most max_mixtures), each scored for every system; one column each in the report.
+    extra_sets: list[str] = field(default_factory=list)
 
 
 @dataclass

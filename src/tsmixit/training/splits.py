@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tsmixit.data.importers import open_test_set
 from tsmixit.data.manifest import Manifest, has_sources
 from tsmixit.errors import ConfigError, ManifestError
 from tsmixit.files import write_json_atomic
@@ -48,6 +49,8 @@ class Splits:
     valid_labelled: Manifest
     valid_all: Manifest
     unlabelled: Manifest  # what the label stages label (stages.label.include_labelled, ...)
+    test: Manifest  # eval.split, at most eval.max_mixtures
+    extra_sets: dict[str, Manifest]  # eval.extra_sets by name
 
     def frames(self, seconds: float | None) -> int | None:
         return None if seconds is None else round(seconds * self.sample_rate)
@@ -78,7 +81,35 @@ def prepare_splits(config: RecipeConfig, run_dir: Path, progress: bool) -> Split
         sample_rate=rates.pop(), channels=channels.pop(), train=train,
         labelled_train=train.select(labelled=True),
         valid_labelled=first(manifest.select(split="valid", labelled=True), limit),
-        valid_all=first(manifest.select(split="valid"), limit), unlabelled=unlabelled)
+        valid_all=first(manifest.select(split="valid"), limit), unlabelled=unlabelled,
+        test=first(manifest.select(split=config.eval.split), config.eval.max_mixtures),
+        extra_sets=extra_sets(config))
+
+
+def set_name(path: Path) -> str:
+    """The name of a test set in the report: its folder, or its manifest file's stem."""
+    return path.parent.name if path.is_file() and path.stem == "manifest" else path.stem
+
+
+def extra_sets(config: RecipeConfig) -> dict[str, Manifest]:
+    """`eval.extra_sets` by name, loaded (their "test" rows, at most eval.max_mixtures);
+    ConfigError naming the set and the fix when one is missing or unreadable."""
+    sets: dict[str, Manifest] = {}
+    for text in config.eval.extra_sets:
+        path = Path(text).expanduser().resolve()
+        name = set_name(path)
+        if not path.exists():
+            raise ConfigError(f"eval.extra_sets: {path} does not exist; give a manifest.jsonl "
+                              "or a WSJ0-2mix folder (tt/mix, tt/s1, tt/s2), or remove it")
+        if name in sets:
+            raise ConfigError(f"eval.extra_sets: two sets are named {name!r}; rename one "
+                              "folder (a set is named after its folder or manifest file)")
+        try:
+            sets[name] = first(open_test_set(path, "test"), config.eval.max_mixtures)
+        except ManifestError as error:
+            raise ConfigError(f"eval.extra_sets: {path} is not a test set ({error}); give a "
+                              "manifest with test rows or a WSJ0-2mix folder") from error
+    return sets
 
 
 def _embedded_corpus(config: RecipeConfig, folder: Path, progress: bool) -> Path:
