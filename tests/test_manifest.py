@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import pcm_noise, write_pcm16
-from tsmixit.data.manifest import Manifest
+from tsmixit.data.manifest import Manifest, pseudo_labelled
 from tsmixit.errors import AudioError, ManifestError
 
 
@@ -140,3 +140,26 @@ def test_select_by_split_and_label():
     assert [r["id"] for r in manifest.select(split="train", labelled=False)] == ["1"]
     with pytest.raises(ManifestError, match="unknown split"):
         manifest.select(split="dev")
+
+
+def test_a_pseudo_labelled_row_reads_the_teachers_outputs_and_hides_true_sources(tmp_path):
+    for name in ("long.wav", "s1.wav", "s2.wav", "seg_mix.wav", "p0.wav", "p1.wav"):
+        write_pcm16(tmp_path / name, pcm_noise(800, channels=2 if name == "long.wav" else 1))
+    segment = {"id": "long#1", "split": "train", "labelled": True, "sample_rate": 8000,
+               "channels": 1, "num_frames": 400, "n_speakers": 2,
+               "mixture": str(tmp_path / "long.wav"), "start": 400, "channel_map": [1],
+               "sources": [str(tmp_path / "s1.wav"), str(tmp_path / "s2.wav")], "speaker": "a"}
+    outputs = [str(tmp_path / "p0.wav"), str(tmp_path / "p1.wav")]
+    row = pseudo_labelled(segment, outputs, "teacher/checkpoints/best.ckpt", 3,
+                          mixture=str(tmp_path / "seg_mix.wav"), channels=1)
+    assert row["labelled"] is False and row["sources"] == outputs
+    assert row["pseudo_label"] == {"teacher": "teacher/checkpoints/best.ckpt",
+                                   "active_outputs": 3}
+    assert row["mixture"] == str(tmp_path / "seg_mix.wav")
+    assert "start" not in row and "channel_map" not in row and row["speaker"] == "a"
+    manifest = Manifest([row])  # a valid row
+    np.testing.assert_array_equal(manifest.load_mixture(0)[0],
+                                  pcm_noise(800)[0][:400])
+    whole = pseudo_labelled({**segment, "start": 0}, outputs, "t.ckpt", 2)
+    assert whole["mixture"] == segment["mixture"] and whole["start"] == 0
+    assert segment["labelled"] is True  # the input row is not changed

@@ -291,6 +291,22 @@ def has_sources(row: Mapping[str, Any]) -> bool:
     return "parts" in row and any(p["role"] == "source" for p in row["parts"])
 
 
+def pseudo_labelled(row: Mapping[str, Any], sources: list[str], teacher: str,
+                    active_outputs: int, mixture: str | None = None,
+                    channels: int | None = None) -> dict[str, Any]:
+    """The row a pseudo-label stage writes for a training row: its sources are the
+    teacher's outputs (files), it is unlabelled (its true sources, if any, stay unread) and
+    records "pseudo_label" {teacher, active_outputs}. A segment of a longer file comes with
+    its own `mixture` file (of `channels` channels): it then reads from frame 0."""
+    new = {**row, "labelled": False, "sources": list(sources),
+           "pseudo_label": {"teacher": teacher, "active_outputs": active_outputs}}
+    if mixture is not None:
+        new.update(mixture=mixture, channels=channels if channels is not None else row["channels"])
+        new.pop("start", None)
+        new.pop("channel_map", None)
+    return new
+
+
 # ---- row validation ----------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tsmixit.audio import write_audio
-from tsmixit.data.manifest import Manifest
+from tsmixit.data.manifest import Manifest, pseudo_labelled
 from tsmixit.errors import TrainingError
 from tsmixit.files import write_json_atomic
 from tsmixit.metrics import active_output_count, top_k_by_energy
@@ -149,7 +149,11 @@ def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
         record = read_label_record(folder, row["id"])
         if record is None:
             raise TrainingError(f"[{stage.name}] row {row['id']!r} was not labelled")
-        rows.append(pseudo_labelled_row(row, record, folder, in_run(teacher_ckpt, ctx.run_dir)))
+        rows.append(pseudo_labelled(
+            row, [str(folder / p) for p in record["sources"]], in_run(teacher_ckpt, ctx.run_dir),
+            record["active_outputs"],
+            mixture=str(folder / record["mixture"]) if "mixture" in record else None,
+            channels=record.get("channels")))
         active.append(record["active_outputs"])
     Manifest(rows, name=str(manifest_path)).save(manifest_path, root=ctx.home)
     histogram = {str(k): v for k, v in sorted(Counter(active).items())}
@@ -161,16 +165,3 @@ def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
                    active_outputs_histogram=histogram,
                    label_seconds=round(time.monotonic() - start, 2))
     return summary
-
-
-def pseudo_labelled_row(row: dict, record: dict, folder: Path, teacher: str) -> dict:
-    """A training row with the teacher's outputs as its sources (unlabelled: its true
-    sources, if any, stay unread); a segment of a longer file gets its own mixture file."""
-    new = {**row, "labelled": False, "sources": [str(folder / p) for p in record["sources"]],
-           "pseudo_label": {"teacher": teacher, "active_outputs": record["active_outputs"]}}
-    if "mixture" in record:
-        new["mixture"] = str(folder / record["mixture"])
-        new["channels"] = record.get("channels", new["channels"])
-        new.pop("start", None)
-        new.pop("channel_map", None)
-    return new
