@@ -74,3 +74,14 @@ def test_shipped_configs_load(path):
     config = load_config(path)
     assert isinstance(config, RecipeConfig)
     assert stage_budget(config, "teacher").lr > 0
+
+
+@pytest.mark.parametrize("arch, options, name", [
+    ("conv_tasnet", "{L: 3}", "L"), ("dprnn", "{K: 3}", "K"), ("conv_tasnet", "{X: 0}", "X"),
+])
+def test_an_impossible_separator_size_is_refused_at_load_by_name(arch, options, name):
+    with pytest.raises(ConfigError, match=rf" {name} must"):
+        load_config(None, ["train.max_steps=5", f"model.arch={arch}", "model.preset=tiny",
+                           f"model.options={options}"])
+    with pytest.raises(ConfigError, match="model.arch='nope'.*conv_tasnet"):
+        load_config(None, ["train.max_steps=5", "model.arch=nope"])

@@ -44,9 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from tsmixit.errors import AudioError, ConfigError
+from tsmixit.errors import ConfigError
 from tsmixit.models._cpu_kernels import DepthwiseFunction, PReLUFunction, PReLUGroupNormFunction
 from tsmixit.models.consistency import mixture_consistency
+from tsmixit.models.inputs import as_channels
 
 Norm = Literal["gLN", "cLN"]
 MaskActivation = Literal["relu", "sigmoid", "softmax"]
@@ -355,36 +356,10 @@ class ConvTasNet(nn.Module):
             )
         return cls(**{**PRESETS[name], **overrides})
 
-    def _as_channels(self, mixture: Tensor) -> Tensor:
-        """Check the input and return it as (batch, n_channels, time)."""
-        if not torch.is_tensor(mixture) or not mixture.is_floating_point():
-            raise AudioError(
-                f"Conv-TasNet expects a floating-point tensor, got {_describe(mixture)}"
-            )
-        if mixture.dim() == 2:
-            mixture = mixture.unsqueeze(1)  # (batch, 1, time)
-        elif mixture.dim() != 3:
-            raise AudioError(
-                "Conv-TasNet expects (batch, time) or (batch, channels, time), "
-                f"got shape {tuple(mixture.shape)}"
-            )
-        got = mixture.shape[1]
-        if got != self.n_channels:
-            unit = "microphone" if self.n_channels == 1 else "microphones"
-            hint = (
-                "; select one channel (e.g. mic 0) or use a multi-channel model"
-                if self.n_channels == 1
-                else f"; give all {self.n_channels} channels as (batch, channels, time)"
-            )
-            raise AudioError(f"model built for {self.n_channels} {unit} got {got}{hint}")
-        if mixture.shape[-1] < 1:
-            raise AudioError("Conv-TasNet got an empty input (0 samples)")
-        return mixture
-
     def forward(self, mixture: Tensor) -> Tensor:
         """Separate ``mixture`` (batch, time) or (batch, n_channels, time) into
         (batch, n_sources, time) waveforms, the source images at mic 0."""
-        x = self._as_channels(mixture)  # (batch, mics, T)
+        x = as_channels(mixture, self.n_channels, "Conv-TasNet")  # (batch, mics, T)
         batch, T = x.shape[0], x.shape[-1]
         # Pad L/2 before and L/2..L-1 after, so every sample lies under two frames and the
         # frames tile the padded signal exactly: T_pad = (K - 1) L/2 + L.
@@ -435,9 +410,3 @@ def _check_hparams(hp: dict[str, Any]) -> None:
             "a causal Conv-TasNet cannot use consistency='energy' (the weights use the whole "
             "signal); use 'uniform' or None"
         )
-
-
-def _describe(value: object) -> str:
-    if torch.is_tensor(value):
-        return f"a {value.dtype} tensor"
-    return type(value).__name__

@@ -15,6 +15,9 @@ from torch import Tensor, nn
 
 from tsmixit.errors import ConfigError
 from tsmixit.models.conv_tasnet import ConvTasNet
+from tsmixit.models.dprnn import DPRNN
+from tsmixit.models.sudormrf import SuDoRMRF
+from tsmixit.models.tf_gridnet import TFGridNet
 
 #: The architecture a config or checkpoint gets when it names none.
 DEFAULT_ARCH = "conv_tasnet"
@@ -22,6 +25,9 @@ DEFAULT_ARCH = "conv_tasnet"
 #: ``model.arch`` -> separator class.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "conv_tasnet": ConvTasNet,
+    "dprnn": DPRNN,
+    "sudormrf": SuDoRMRF,
+    "tf_gridnet": TFGridNet,
 }
 
 

@@ -422,6 +422,12 @@ def _check_model(config: RecipeConfig) -> None:
                 f"unknown config key 'model.options.{key}'; {cls.__name__} takes "
                 f"{', '.join(sorted(known))}"
             )
+    # An impossible size is refused now, by name, not when the first stage builds the model
+    # (built on the meta device: no memory, no random numbers drawn).
+    import torch
+
+    with torch.device("meta"):
+        cls.from_preset(m.preset, n_sources=m.teacher_outputs, **m.options)
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

@@ -1,0 +1,34 @@
+"""The input check every separator's forward starts with: a floating-point mixture of
+(batch, time) or (batch, C, time) with C = the model's ``n_channels`` microphones and at
+least one sample, returned as (batch, C, time); AudioError naming the model and the fix.
+"""
+
+import torch
+from torch import Tensor
+
+from tsmixit.errors import AudioError
+
+#: Separators with a multi-microphone form, named in the hint for single-channel models.
+MULTI_CHANNEL = "conv_tasnet, tf_gridnet"
+
+
+def as_channels(mixture: Tensor, n_channels: int, model: str) -> Tensor:
+    """(batch, time) or (batch, n_channels, time) -> (batch, n_channels, time), checked."""
+    if not torch.is_tensor(mixture) or not mixture.is_floating_point():
+        got = f"a {mixture.dtype} tensor" if torch.is_tensor(mixture) else type(mixture).__name__
+        raise AudioError(f"{model} expects a floating-point tensor, got {got}")
+    if mixture.dim() == 2:
+        mixture = mixture.unsqueeze(1)  # (batch, 1, time)
+    elif mixture.dim() != 3:
+        raise AudioError(f"{model} expects (batch, time) or (batch, channels, time), "
+                         f"got shape {tuple(mixture.shape)}")
+    got = mixture.shape[1]
+    if got != n_channels:
+        if n_channels == 1:
+            raise AudioError(f"model built for 1 microphone got {got}; select one channel "
+                             f"(e.g. mic 0) or use a multi-channel model ({MULTI_CHANNEL})")
+        raise AudioError(f"model built for {n_channels} microphones got {got}; give all "
+                         f"{n_channels} channels as (batch, channels, time)")
+    if mixture.shape[-1] < 1:
+        raise AudioError(f"{model} got an empty input (0 samples)")
+    return mixture
