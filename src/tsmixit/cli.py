@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,10 @@ def _recipe_summary(summary: dict, wall_seconds: float) -> str:
         seconds = stage_seconds(stage)
         lines.append(f"{name:<22} {stage.get('steps', ''):>6} {seconds:>9.0f}")
     lines.append(f"{'whole run (this call)':<29} {wall_seconds:>9.0f}")
+    if summary.get("estimate"):
+        steps = ", ".join(f"{k} {v:.3f}" for k, v in summary["estimate"]["step_seconds"].items())
+        lines.append(f"{'estimated at the start':<29} {summary['estimate']['seconds']:>9.0f}"
+                     f"   (training, validation, labelling; s/step: {steps})")
     report = Path(summary["run_dir"]) / "report.json"
     if report.exists():
         results = json.loads(report.read_text())
@@ -245,7 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_progress_lines() -> None:
+    """The library's INFO lines (stage done, resumed, estimate) on stderr, once."""
+    logger = logging.getLogger("tsmixit")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _show_progress_lines()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -33,6 +33,7 @@ from tsmixit.errors import TrainingError
 from tsmixit.files import write_text_atomic
 from tsmixit.training.checkpoints import load_separator
 from tsmixit.training.config import RecipeConfig, quick_config
+from tsmixit.training.estimate import estimate
 from tsmixit.training.fit import StageContext, summary_line
 from tsmixit.training.plan import Plan, fingerprint, shared_sections
 from tsmixit.training.run_folder import (
@@ -103,14 +104,21 @@ def _run_one(config: RecipeConfig, stages: list[str] | None, run_dir: Path, fres
     check_splits(splits, config, plan, with_companion)
     ctx = StageContext(config, splits, run_dir, home or run_dir, summaries={})
     fingerprints: dict[str, str] = {}
+    done: dict[str, dict | None] = {}
     for stage in plan.stages:
         fingerprints[stage.name] = fingerprint(stage, config, splits.key, fingerprints)
-        done = read_summary(run_dir, stage.name, fingerprints[stage.name])
-        if done is not None:
-            log.info("[%s] finished earlier, skipped (%s)", stage.name, summary_line(done))
-            ctx.summaries[stage.name] = done
+        done[stage.name] = read_summary(run_dir, stage.name, fingerprints[stage.name])
+    to_run = [st for st in plan.stages if done[st.name] is None and plan.wanted(st.name)]
+    expected = estimate(ctx, to_run) if to_run and rank() == 0 else None
+    if expected is not None:
+        log.info("[estimate] %s", expected.describe())
+    for stage in plan.stages:
+        if done[stage.name] is not None:
+            log.info("[%s] finished earlier, skipped (%s)", stage.name,
+                     summary_line(done[stage.name]))
+            ctx.summaries[stage.name] = done[stage.name]
             continue
-        if not plan.wanted(stage.name):
+        if stage not in to_run:
             continue
         missing = [u for u in stage.upstream if u not in ctx.summaries]
         if missing:
@@ -124,16 +132,19 @@ def _run_one(config: RecipeConfig, stages: list[str] | None, run_dir: Path, fres
             run_dir, stage.name, {**summary, "fingerprint": fingerprints[stage.name]})
         log.info("[%s] done: %s", stage.name, summary_line(summary))
     result: dict[str, Any] = {"run_dir": str(run_dir), "stages": ctx.summaries}
+    if expected is not None:
+        result["estimate"] = {"seconds": round(expected.total_seconds, 1),
+                              "step_seconds": expected.step_seconds}
     if rank() != 0:
         return result, splits
     if plan.wanted("eval"):
         from tsmixit.evaluation.evaluate import evaluate_stages
 
         result["eval"] = evaluate_stages(config, splits.test, run_dir / "eval", run_dir,
-                                         ctx.summaries, progress)
+                                         ctx.summaries, progress, name=config.eval.split)
         result["eval_sets"] = {
             name: evaluate_stages(config, test, run_dir / "eval" / "sets" / name, run_dir,
-                                  ctx.summaries, progress)
+                                  ctx.summaries, progress, name=name)
             for name, test in splits.extra_sets.items()}
     if plan.wanted("export") and any(s["kind"] in ("student", "finetune")
                                      for s in ctx.summaries.values()):

@@ -252,28 +252,29 @@ def evaluate_path(
 
 
 def evaluate_stages(config: RecipeConfig, test: Manifest, eval_dir: Path, run_dir: Path,
-                    summaries: dict[str, dict], progress: bool) -> dict[str, dict]:
-    """Every trained stage of a recipe scored on the test set `test` into
-    EVAL/<system>.json (redone only when the stage, the eval config or the test set
-    changed); {system: mean metrics}."""
+                    summaries: dict[str, dict], progress: bool, name: str = "test"
+                    ) -> dict[str, dict]:
+    """Every trained stage of a recipe scored on the test set `test` (called `name` in the
+    log) into EVAL/<system>.json (redone only when the stage, the eval config or the test
+    set changed); {system: mean metrics}."""
     device = inference_device("cpu" if config.train.accelerator == "cpu" else "auto")
     if len(test) == 0:
         raise ManifestError(f"{test.name}: no {config.eval.split!r} rows to evaluate")
     settings = {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "extra_sets"}
     key = stable_hash([settings, len(test), [row["id"] for row in test.rows]])
     results = {}
-    for name, summary in summaries.items():
+    for system, summary in summaries.items():
         if summary["kind"] == "label":
             continue
-        out = eval_dir / f"{name}.json"
+        out = eval_dir / f"{system}.json"
         stamp = stable_hash([summary["fingerprint"], key])
         if out.is_file():
             result = json.loads(out.read_text())
             if result.get("recipe_key") == stamp:
-                results[name] = result["mean"]
+                results[system] = result["mean"]
                 continue
         model = load_separator(Path(summary["checkpoint"])).to(device)
-        evaluate_into_run(model, test, eval_dir, system=name, stage=name,
+        evaluate_into_run(model, test, eval_dir, system=system, stage=system,
                           k=config.model.student_outputs,
                           active_threshold_db=config.eval.active_threshold_db, progress=progress)
         result = json.loads(out.read_text())
@@ -281,7 +282,8 @@ def evaluate_stages(config: RecipeConfig, test: Manifest, eval_dir: Path, run_di
                       train_seconds=summary.get("train_seconds"), steps=summary.get("steps"),
                       labelled_mixtures=summary.get("labelled_mixtures"))
         write_json_atomic(out, result)
-        results[name] = result["mean"]
-        log.info("[eval %s] %s: %s", eval_dir.name, name, ", ".join(
-            f"{k} {v:.2f}" for k, v in result["mean"].items() if isinstance(v, float)))
+        results[system] = result["mean"]
+        shown = ("si_snri_topk", "sdri_topk", "si_snri_oracle", "active_outputs")
+        log.info("[eval %s] %s: %s", name, system, ", ".join(
+            f"{k} {result['mean'][k]:.2f}" for k in shown if k in result["mean"]))
     return results

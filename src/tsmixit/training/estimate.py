@@ -1,0 +1,128 @@
+"""How long the stages of a run will take on this machine, measured before the first one.
+
+A few training steps of each system kind (the MixIT teacher on mixtures of mixtures, the
+k-output PIT separator) are timed on random batches of the configured size, and one forward
+of each on a second of audio; then, per stage still to run,
+
+    training   = steps x t_step,  steps = max_steps, or max_epochs x |train| / batch,
+                 or max_minutes x 60 s / t_step
+    validation = (steps / val_every) x seconds of validation audio x t_forward per second
+    labelling  = seconds of audio labelled x t_forward per second (the teacher)
+
+Evaluation and corpus building are left out. The numbers are the machine's own: on a slower
+machine of the same kind the same budgets take longer, and the estimate says so up front.
+The timing draws no random numbers from the run's generators (it forks them).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from tsmixit.losses import mixit, pit
+from tsmixit.models.registry import build_separator
+from tsmixit.training.fit import StageContext, model_hparams
+from tsmixit.training.plan import Stage, label_mode
+
+#: Steps timed per system kind, after one warm-up step.
+TIMED_STEPS = 3
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Measured seconds per training step and per second of audio separated (by system
+    kind: "teacher" or "student"), and the estimated seconds of each stage to run."""
+
+    step_seconds: dict[str, float]
+    forward_seconds: dict[str, float]
+    stage_seconds: dict[str, float]
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.stage_seconds.values())
+
+    def describe(self) -> str:
+        steps = ", ".join(f"{k} {v:.3f} s/step" for k, v in self.step_seconds.items())
+        if not self.stage_seconds:
+            return f"measured {steps}; no stage left to run"
+        return (f"measured {steps}: the {len(self.stage_seconds)} stage(s) to run should take "
+                f"about {self.total_seconds / 60:.1f} min on this machine (training, "
+                "validation and labelling; evaluation not included)")
+
+
+def _device(ctx: StageContext) -> torch.device:
+    wants_gpu = ctx.config.train.accelerator in ("auto", "gpu", "cuda")
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+def _timed(fn, repeats: int) -> float:
+    """Median seconds of `fn()` over `repeats` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _measure(ctx: StageContext, kind: str, device: torch.device) -> tuple[float, float]:
+    """(seconds per training step, seconds per second of audio in a forward) of a kind."""
+    m, d = ctx.config.model, ctx.config.data
+    n_out, consistency = ((m.teacher_outputs, m.teacher_consistency) if kind == "teacher"
+                          else (m.student_outputs, m.student_consistency))
+    hparams = model_hparams(ctx, n_out, consistency)
+    model = build_separator(m.arch, **hparams).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    frames = ctx.splits.frames(d.segment_seconds)
+    x = torch.randn(d.batch_size, hparams["n_channels"], frames, device=device)  # (B, C, T)
+    refs = torch.randn(d.batch_size, max(2, n_out), frames, device=device)  # (B, R, T)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        est = model(x)  # (B, n_out, T)
+        loss, _ = mixit(est, refs[:, :2]) if kind == "teacher" else pit(est, refs[:, :n_out])
+        loss.mean().backward()
+        optimizer.step()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x[:1, :, : ctx.splits.sample_rate])
+
+    model.train()
+    step_s = _timed(step, TIMED_STEPS)
+    model.eval()
+    return step_s, _timed(forward, TIMED_STEPS)
+
+
+def estimate(ctx: StageContext, stages: list[Stage]) -> Estimate:
+    """Measure this machine and estimate the seconds of `stages` (those still to run)."""
+    device = _device(ctx)
+    kinds = {"teacher"} | {"student" for st in stages if st.kind != "teacher"}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        measured = {kind: _measure(ctx, kind, device) for kind in sorted(kinds)}
+    step_s = {k: v[0] for k, v in measured.items()}
+    forward_s = {k: v[1] for k, v in measured.items()}
+    t, d, sr = ctx.config.train, ctx.config.data, ctx.splits.sample_rate
+    valid_audio = sum(r["num_frames"] for r in ctx.splits.valid_labelled.rows) / sr
+    label_audio = sum(r["num_frames"] for r in ctx.splits.unlabelled.rows) / sr
+    out: dict[str, float] = {}
+    for stage in stages:
+        if stage.kind == "label":
+            on_disk = label_mode(ctx.config) == "disk"
+            labeller = "teacher" if stage.round == 0 else "student"
+            out[stage.name] = label_audio * forward_s[labeller] if on_disk else 0.0
+            continue
+        kind = "teacher" if stage.kind == "teacher" else "student"
+        budget = ctx.budget(stage)
+        if budget.max_steps is not None:
+            steps = float(budget.max_steps)
+        elif budget.max_epochs is not None:
+            steps = budget.max_epochs * len(ctx.splits.train) / d.batch_size
+        else:
+            steps = budget.max_minutes * 60 / step_s[kind]
+        validation = steps / t.val_every * valid_audio * forward_s[kind]
+        out[stage.name] = steps * step_s[kind] + validation
+    return Estimate(step_s, forward_s, out)

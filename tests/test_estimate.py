@@ -1,0 +1,52 @@
+"""The run-time estimate printed before the first stage: its arithmetic, and that timing
+leaves the run's random numbers alone."""
+
+import pytest
+import torch
+
+from conftest import make_corpus, tiny_overrides
+from tsmixit.training import estimate as estimate_module
+from tsmixit.training.config import load_config
+from tsmixit.training.fit import StageContext
+from tsmixit.training.plan import Plan
+from tsmixit.training.splits import prepare_splits
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    corpus = make_corpus(tmp_path_factory.mktemp("corpus"), n_train=8, n_valid=3)
+    config = load_config(None, tiny_overrides(corpus, steps=12, **{
+        "train.val_every": 4, "stages.teacher.max_steps": 20, "stages.finetune.max_epochs": 2,
+        "stages.finetune.max_steps": "null"}))
+    splits = prepare_splits(config, tmp_path_factory.mktemp("run"), progress=False)
+    return StageContext(config, splits, splits.path.parent, splits.path.parent, {})
+
+
+def test_each_stage_is_steps_times_the_measured_step_plus_validation(context, monkeypatch):
+    measured = {"teacher": (1.0, 0.25), "student": (0.5, 0.125)}  # (s/step, s per audio s)
+    monkeypatch.setattr(estimate_module, "_measure", lambda ctx, kind, device: measured[kind])
+    stages = Plan(context.config).stages
+    result = estimate_module.estimate(context, stages)
+    valid_s = 3 * 1.0  # 3 validation mixtures of 1 s
+    train_s = 8 * 1.0  # 8 training mixtures of 1 s (all labelled by the label stages)
+    expected = {
+        "teacher": 20 * 1.0 + 20 / 4 * valid_s * 0.25,
+        "label": train_s * 0.25,
+        "student": 12 * 0.5 + 12 / 4 * valid_s * 0.125,
+        "finetune": 2 * 8 / 4 * 0.5 + (2 * 8 / 4) / 4 * valid_s * 0.125,  # 2 epochs, batch 4
+        "distill1_label": train_s * 0.125,  # the fine-tuned student labels round 1
+    }
+    for name, seconds in expected.items():
+        assert result.stage_seconds[name] == pytest.approx(seconds), name
+    assert set(result.stage_seconds) == {s.name for s in stages}
+    assert result.total_seconds == pytest.approx(sum(result.stage_seconds.values()))
+    assert "min on this machine" in result.describe()
+
+
+def test_timing_draws_no_numbers_from_the_runs_generator(context):
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    result = estimate_module.estimate(context, Plan(context.config).stages[:3])
+    assert torch.equal(torch.get_rng_state(), state)
+    assert set(result.step_seconds) == {"teacher", "student"}
+    assert all(v > 0 for v in [*result.step_seconds.values(), *result.forward_seconds.values()])
