@@ -10,7 +10,7 @@ SPATIAL_RUN_DIR ?= runs/demo-spatial
 #   make demo TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'
 TORCH ?= torch==2.13.0
 
-.PHONY: demo demo-spatial smoke test lint venv clean
+.PHONY: demo demo-spatial smoke test lint venv clean voices-apt pretrain
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,20 @@ demo: venv
 # Multi-channel TS-MixIT (4 reverberant microphones) and its microphone-0 companion.
 demo-spatial: venv
 	$(BIN)/tsmixit recipe --config configs/demo-spatial.yaml --run-dir $(SPATIAL_RUN_DIR)
+
+# Debian packages of recorded voices (training sources of the pretraining corpus) and of the
+# real-voice dev set (measuring only). Without them, those sources' tests skip.
+VOICE_DEBS := flite asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav \
+	asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav \
+	asterisk-prompt-it-menardi-wav
+DEV_SET_DEBS := asterisk-prompt-es-co asterisk-prompt-fr-armelle
+
+voices-apt:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(VOICE_DEBS) $(DEV_SET_DEBS)
+
+# Pretraining (not part of the demo): days on a CPU, minutes on a GPU; rerun to resume.
+pretrain: venv
+	$(BIN)/tsmixit pretrain --config configs/pretrain.yaml --run-dir runs/pretrain
 
 smoke: venv
 	$(BIN)/tsmixit recipe --config configs/demo.yaml --run-dir runs/smoke --quick

@@ -218,6 +218,10 @@ def test_resume_and_settings_guard(tiny, tmp_path):
         ({"mode": "mid"}, "mode"),
         ({"colour": 1}, "colour"),
         ({"speaker_proportions": (0, 0, 1)}, "speakers"),
+        ({"kokoro": (-1, 0, 0)}, "kokoro"),
+        ({"recordings": (1, 2)}, "recordings"),
+        ({"augment": 1.5}, "augment"),
+        ({"speakers": (0, 2, 2)}, "speakers"),  # no training speaker from any source
     ],
 )
 def test_bad_settings_name_the_setting(overrides, name):
@@ -236,3 +240,26 @@ def test_demo_preset_meets_the_issue():
     assert demo.mixtures[0] >= 5000 and demo.labelled_fraction == 0.1
     spatial = make_config("demo-spatial")
     assert spatial.reverb and spatial.n_mics == 4
+
+
+def test_realistic_settings_leave_old_fingerprints_alone():
+    """Corpora without realistic voices keep the corpus.json they always had (so their
+    folders are resumed, not rebuilt); the realistic settings enter it when set."""
+    old_keys = {"sample_rate", "speakers", "utterances", "words", "mixtures", "mode",
+                "level_db", "speaker_proportions", "labelled_fraction", "noise", "snr_db",
+                "noise_clips", "babble_speakers", "reverb", "n_mics", "rooms", "positions",
+                "rt60", "max_order", "peak"}
+    for preset in ("tiny", "demo", "demo-spatial"):
+        assert set(make_config(preset).fingerprint()) == old_keys
+        assert set(make_config(preset, cache_dir="/x", workers=1).fingerprint()) == old_keys
+    realistic = make_config("tiny", kokoro=(2, 1, 1), augment=0.5).fingerprint()
+    assert realistic["kokoro"] == [2, 1, 1] and realistic["augment"] == 0.5
+    assert "piper" not in realistic and "cache_dir" not in realistic
+
+
+def test_pretrain_preset():
+    c = make_config("pretrain")
+    assert c.has_realistic_voices() and c.sample_rate == 8000
+    assert c.speakers[0] >= 200 and c.piper >= 40 and c.kokoro[0] >= 36
+    assert c.recordings[1] > 0 and c.recordings[2] > 0  # held-out real people
+    assert 0 < c.augment < 1 and c.labelled_fraction == 1.0

@@ -20,7 +20,7 @@ FLOW = [
     ("training",),
     ("model_files", "inference"),
     ("evaluation",),
-    ("recipe", "cli", ""),  # the drivers; "" is the package's __init__ (tsmixit.load_model)
+    ("recipe", "pretrain", "cli", ""),  # the drivers; "" is the __init__ (tsmixit.load_model)
 ]
 
 

@@ -3,6 +3,7 @@
     tsmixit corpus build --out DIR [--preset demo] [--seed 0] [--materialize] [--set key=value]
     tsmixit corpus import KIND PATH --out MANIFEST
     tsmixit recipe --config configs/demo.yaml [--run-dir runs/demo] [--set key=value] [--quick]
+    tsmixit pretrain [--config configs/pretrain.yaml] [--run-dir runs/pretrain]
     tsmixit evaluate --model M --data D [--json OUT]
     tsmixit separate --model M INPUT... --out DIR
     tsmixit report RUN_DIR
@@ -83,6 +84,15 @@ def cmd_recipe(args: argparse.Namespace) -> int:
         config, Path(args.run_dir), fresh=args.fresh, stages=args.stages, quick=args.quick
     )
     print(_recipe_summary(summary, time.monotonic() - started))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from tsmixit.pretrain import pretrain
+    from tsmixit.training.config import load_config
+
+    result = pretrain(load_config(args.config, args.set), args.run_dir)
+    print(f"model: {result['model']}\ncard:  {result['card']}")
     return 0
 
 
@@ -210,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--quick", action="store_true",
                         help="the same pipeline at a tiny size (about a minute)")
     recipe.set_defaults(func=cmd_recipe)
+
+    pre = sub.add_parser("pretrain", help="pretrain a separator on labelled synthetic speech "
+                                          "(resumable; weeks of CPU, minutes on a GPU)")
+    pre.add_argument("--config", default="configs/pretrain.yaml", type=Path)
+    pre.add_argument("--run-dir", default="runs/pretrain")
+    pre.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
+    pre.set_defaults(func=cmd_pretrain)
 
     evaluate = sub.add_parser("evaluate", help="SI-SNRi/SDRi of a model on a test set")
     evaluate.add_argument("--model", required=True, type=Path)

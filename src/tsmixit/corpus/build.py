@@ -2,7 +2,9 @@
 
 Layout of a corpus folder:
     corpus.json            preset, seed and resolved settings (a resumed build must match)
-    speakers.json          every speaker: split, gender, accent, rate, pitch, voice variant
+    speakers.json          every speaker: split, gender, accent, rate, pitch, voice variant;
+                           realistic voices: source, base voice, settings, WORLD transform
+    sources.json           realistic corpora: each source's licence, versions, base-voice splits
     utterances/<spk>/<utt>.flac   16-bit mono speech, peak 0.9, at the corpus sample rate
     noise/<split>_<j>_<kind>.flac noise clips (when noise is on)
     rooms.npz              the RIR bank (when reverberation is on), see `rooms.py`
@@ -46,6 +48,7 @@ from tsmixit.corpus.voices import (
     speaker_is_done,
     synthesize_all,
 )
+from tsmixit.corpus.voices import realistic as _realistic
 from tsmixit.data.manifest import Manifest
 from tsmixit.errors import ConfigError
 from tsmixit.files import atomic_path, write_json_atomic
@@ -89,13 +92,39 @@ class CorpusConfig:
     max_order: int = 20
     peak: float = 0.9
     workers: int = 2
+    # realistic voices (voices/realistic.py): voices per split of each source (piper, kokoro,
+    # recordings, flite), splits by BASE voice; piper has one base voice (train only).
+    # world: every voice but the first of each base gets a WORLD transform; augment: share of
+    # their utterances sent through a random channel (augment.py). cache_dir: where slow
+    # synthesis is cached ("" = the user cache, ~/.cache/tsmixit/voices); like workers, not
+    # part of the bytes.
+    piper: int = 0
+    kokoro: tuple[int, int, int] = (0, 0, 0)
+    recordings: tuple[int, int, int] = (0, 0, 0)
+    flite: tuple[int, int, int] = (0, 0, 0)
+    world: bool = True
+    augment: float = 0.0
+    cache_dir: str = ""
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that determine the corpus bytes (everything but `workers`)."""
+        """The settings that determine the corpus bytes (everything but `workers` and
+        `cache_dir`; the realistic-voice settings only where they differ from their defaults,
+        so corpora without them keep the fingerprint they always had)."""
         out = {k: (list(v) if isinstance(v, tuple) else v)
                for k, v in dataclasses.asdict(self).items()}
-        del out["workers"]
+        del out["workers"], out["cache_dir"]
+        defaults = CorpusConfig()
+        for name in _REALISTIC_FIELDS:
+            if getattr(self, name) == getattr(defaults, name):
+                del out[name]
         return out
+
+    def has_realistic_voices(self) -> bool:
+        return (self.piper > 0 or sum(self.kokoro) > 0 or sum(self.recordings) > 0
+                or sum(self.flite) > 0)
+
+
+_REALISTIC_FIELDS = ("piper", "kokoro", "recordings", "flite", "world", "augment")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -108,6 +137,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # reverberant 4-microphone demo, smaller
     "demo-spatial": dict(speakers=(40, 8, 8), utterances=(15, 12), mixtures=(2000, 200, 200),
                          reverb=True, n_mics=4, rooms=(24, 6, 6)),
+    # the pretraining corpus (configs/pretrain.yaml): every voice source, 8 kHz. Train: 200
+    # eSpeak speakers, 40 Piper variants, 36 Kokoro voices (3 base voices and their blends),
+    # 48 voices of 3 real recorded people, 24 Flite voices of 2 ARCTIC speakers, WORLD
+    # transforms; 30 % of the realistic utterances through a random channel (room,
+    # microphone, noise, telephone band and codec). Valid and test hold out one Kokoro, one
+    # recorded and one Flite base voice each. Hours of synthesis on one core (resumable,
+    # cached); needs the Debian packages of voices/recordings.py and voices/flite.py.
+    "pretrain": dict(speakers=(200, 20, 20), mixtures=(20000, 500, 500), piper=40,
+                     kokoro=(36, 3, 3), recordings=(48, 4, 4), flite=(24, 2, 2), augment=0.3,
+                     labelled_fraction=1.0),
 }
 
 
@@ -185,8 +224,7 @@ def _validate(c: CorpusConfig) -> None:
         if sum(c.speaker_proportions) > 0 else 0
     check(all(p >= 0 for p in c.speaker_proportions) and max_k > 0, "speaker_proportions",
           "must be three shares (1, 2, 3 speakers) >= 0, not all zero")
-    check(all(n >= max(max_k, 1) for n in c.speakers), "speakers",
-          f"each split needs at least {max_k} speaker(s) for {max_k}-speaker mixtures")
+    check(all(n >= 0 for n in c.speakers), "speakers", "must be three counts >= 0")
     check(all(n >= 1 for n in c.utterances), "utterances", "must be >= 1 per speaker")
     check(1 <= c.words[0] <= c.words[1], "words", "must be (min, max) with 1 <= min <= max")
     check(all(n >= 1 for n in c.mixtures), "mixtures", "must be >= 1 per split")
@@ -208,6 +246,16 @@ def _validate(c: CorpusConfig) -> None:
     check(1 <= c.max_order <= 60, "max_order", "must lie in 1..60")
     check(0 < c.peak <= 1, "peak", "must lie in (0, 1]")
     check(c.workers >= 1, "workers", "must be >= 1")
+    check(c.piper >= 0, "piper", "must be >= 0 voices")
+    check(all(n >= 0 for n in c.kokoro), "kokoro", "must be three voice counts >= 0")
+    check(all(n >= 0 for n in c.recordings), "recordings", "must be three voice counts >= 0")
+    check(all(n >= 0 for n in c.flite), "flite", "must be three voice counts >= 0")
+    check(0 <= c.augment <= 1, "augment", "must lie in [0, 1]")
+    for k, split in enumerate(SPLITS):
+        voices = (c.speakers[k] + (c.piper if k == 0 else 0) + c.kokoro[k] + c.recordings[k]
+                  + c.flite[k])
+        check(voices >= max(max_k, 1), "speakers",
+              f"split {split} needs at least {max_k} speaker(s) (eSpeak + realistic voices)")
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -281,8 +329,9 @@ def build_corpus(
 ) -> Path:
     """Build (or resume, or find complete) the synthetic corpus in `out_dir`.
 
-    preset: "tiny" (tests, seconds), "demo" (60/10/10 speakers, 5,000/300/300 mixtures, 8 kHz)
-    or "demo-spatial" (reverberant, 4 microphones). overrides: any `CorpusConfig` field,
+    preset: "tiny" (tests, seconds), "demo" (60/10/10 speakers, 5,000/300/300 mixtures, 8 kHz),
+    "demo-spatial" (reverberant, 4 microphones) or "pretrain" (every voice source, see
+    PRESETS). overrides: any `CorpusConfig` field,
     e.g. sample_rate=16000, n_mics=2, reverb=True, noise=["white", "babble"],
     labelled_fraction=0.2, mixtures=(1000, 100, 100). materialize: also write WSJ0-2mix-style
     wav folders. Returns the path of manifest.jsonl.
@@ -305,8 +354,13 @@ def build_corpus(
 def _build_rows(config: CorpusConfig, seed: int, out_dir: Path,
                 progress: bool) -> list[dict[str, Any]]:
     speakers = _speakers(config, seed)
-    write_json_atomic(out_dir / "speakers.json",
-                      {split: [s.to_dict() for s in group] for split, group in speakers.items()})
+    voices = _realistic.draw_voices(config, seed) if config.has_realistic_voices() else {}
+    listing = {split: [s.to_dict() for s in group] for split, group in speakers.items()}
+    for split, group in voices.items():
+        listing.setdefault(split, []).extend(v.to_dict() for v in group)
+    write_json_atomic(out_dir / "speakers.json", listing)
+    if voices:
+        write_json_atomic(out_dir / "sources.json", _realistic.sources_record(config, seed))
     jobs, utts = [], {}
     for k, (_split, group) in enumerate(speakers.items()):
         for i, speaker in enumerate(group):
@@ -315,6 +369,10 @@ def _build_rows(config: CorpusConfig, seed: int, out_dir: Path,
             if not speaker_is_done(u):
                 jobs.append((speaker, u, int(_rng(seed, 7, k, i).integers(2**31))))
     synthesize_all(jobs, config.sample_rate, config.workers, progress)
+    if voices:
+        lines = _realistic.synthesize(config, seed, out_dir, voices, progress)
+        for voice_id, group in lines.items():
+            utts[voice_id] = group
     audio = {u.id: _read_int16(u.path) for group in utts.values() for u in group}
 
     bank = None
@@ -326,7 +384,8 @@ def _build_rows(config: CorpusConfig, seed: int, out_dir: Path,
 
     rows = []
     for k, split in enumerate(SPLITS):
-        by_speaker = {s.id: [u.id for u in utts[s.id]] for s in speakers[split]}
+        by_speaker = {s.id: [u.id for u in utts[s.id]]
+                      for s in [*speakers[split], *voices.get(split, [])]}
         plans = sample_plans(
             _rng(seed, _STAGE["plans"], k), by_speaker, {u: len(a) for u, a in audio.items()},
             config.mixtures[k], config.speaker_proportions, config.mode, config.level_db,

@@ -1,0 +1,260 @@
+"""What every realistic voice source shares: the voice record, the source interface, the
+cache and the per-speaker worker.
+
+A *source* (piper.py, kokoro.py, recordings.py) knows its BASE voices (a real or neural voice
+as shipped: one person) and how to make one utterance for a voice. A *voice* is a base voice
+plus the source's own synthesis settings (speed, noise, a style blend) and an optional WORLD
+transform (world.py) that moves F0, pitch range and the spectral envelope, and an optional
+channel (augment.py) drawn per utterance. Corpus splits are made by base voice (build.py): every
+voice derived from a base belongs to that base's split.
+
+Synthesis runs like eSpeak's (espeak.py): each speaker in a freshly forked worker (one task
+per child), so its bytes depend only on the speaker and the seed, not on the worker or on what
+ran before; the neural sources' random draws are seeded per utterance (see piper.py). The raw
+output of the slow engines is cached (one FLAC per (source, settings, text, seed) under
+`cache_dir`), so corpora that share voices synthesise them once.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from tsmixit.audio import write_audio
+from tsmixit.errors import TsmixitError
+
+
+class VoiceSourceError(TsmixitError):
+    """A voice source is missing, broken or asked for something it does not have."""
+
+
+@dataclass(frozen=True)
+class BaseVoice:
+    """One voice as a source ships it (one person, or one neural voice)."""
+
+    id: str        # "<source>:<name>", unique over all sources; the unit of the splits
+    source: str
+    gender: str    # "m" | "f"
+    language: str  # BCP-47-ish, e.g. "en-US"; what the voice was recorded/trained in
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A corpus speaker from a realistic source: a base voice, the source's settings
+    (JSON-able), a WORLD transform (None: unchanged) and the channel-augmentation share."""
+
+    id: str
+    split: str
+    base: str
+    source: str
+    gender: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    world: dict[str, float] | None = None
+    augment: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One utterance to make: its id, the text (None for recordings), where it goes and the
+    seed of its random draws."""
+
+    id: str
+    text: str | None
+    path: str
+    seed: int
+
+
+class Engine(Protocol):
+    """A loaded source in a worker process."""
+
+    sample_rate: int
+
+    def render(self, voice: Voice, line: Line) -> np.ndarray:
+        """The utterance as float samples at `sample_rate` (any level; silence trimmed later)."""
+
+
+class VoiceSource(Protocol):
+    """What a source module provides (see piper.py for an example)."""
+
+    name: str
+    licence: str
+    cached: bool  # worth caching (slow neural synthesis)
+
+    def check(self) -> None:
+        """Raise VoiceSourceError naming the fix when the source is not installed."""
+
+    def base_voices(self) -> list[BaseVoice]:
+        """The base voices, in a fixed order."""
+
+    def sample_settings(self, rng: np.random.Generator, base: BaseVoice,
+                        same_split: list[BaseVoice]) -> dict[str, Any]:
+        """Random synthesis settings of a new voice of `base`; `same_split` lists the base
+        voices of the same split (a blend may only use those)."""
+
+    def version(self) -> str:
+        """Versions of the packages behind the audio (part of the cache key)."""
+
+    def engine(self) -> Engine:
+        """Load the source in this (worker) process."""
+
+
+def package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version(name)
+    except PackageNotFoundError:
+        return "missing"
+
+
+def require(module: str, fix: str, source: str) -> None:
+    """Import `module` or raise one VoiceSourceError naming the install command."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise VoiceSourceError(
+            f"voice source '{source}' needs the Python module {module!r}, which is not "
+            f"installed ({e}); fix: {fix}"
+        ) from e
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.environ.get("TSMIXIT_VOICE_CACHE") or os.path.join(base, "tsmixit", "voices"))
+
+
+def cache_key(source: VoiceSource, voice: Voice, line: Line, stage: str = "raw",
+              sample_rate: int | None = None) -> str:
+    """The cache key of an utterance: "raw" (the source's output) or "voice" (trimmed,
+    resampled to `sample_rate` and WORLD-transformed: everything but the channel)."""
+    record = {"source": source.name, "version": source.version(), "base": voice.base,
+              "settings": voice.settings, "text": line.text, "seed": line.seed}
+    if stage != "raw":
+        record.update(stage=stage, world=voice.world, sample_rate=sample_rate,
+                      world_version=WORLD_VERSION)
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
+
+
+WORLD_VERSION = 2  # bump when world.py changes what a transform makes
+
+
+def _cached(cache_dir: Path | None, folder: str, key: str) -> tuple[Path | None,
+                                                                     np.ndarray | None, int]:
+    if cache_dir is None:
+        return None, None, 0
+    path = cache_dir / folder / key[:2] / f"{key}.flac"
+    if path.exists():
+        x, rate = sf.read(str(path), dtype="float64")
+        return path, x, rate
+    return path, None, 0
+
+
+def _store(path: Path | None, x: np.ndarray, rate: int) -> np.ndarray:
+    """Peak 0.9, written as 16-bit FLAC when `path`; returns what a later read gives."""
+    x = 0.9 * x / np.abs(x).max()
+    if path is None:
+        return x
+    write_audio(path, x.astype(np.float32), rate, subtype="PCM_16")
+    return sf.read(str(path), dtype="float64")[0]
+
+
+def trim_silence(x: np.ndarray, sample_rate: int, floor_db: float = -40.0,
+                 pad_seconds: float = 0.05) -> np.ndarray:
+    """Cut leading/trailing 10 ms frames below `floor_db` re. the peak, keeping `pad_seconds`."""
+    frame = max(1, sample_rate // 100)
+    n = len(x) // frame
+    if n == 0 or not np.any(x):
+        return x
+    level = np.abs(x[: n * frame]).reshape(n, frame).max(axis=1)
+    loud = np.flatnonzero(level > np.abs(x).max() * 10 ** (floor_db / 20))
+    if len(loud) == 0:
+        return x
+    pad = int(pad_seconds * sample_rate)
+    return x[max(0, loud[0] * frame - pad): min(len(x), (loud[-1] + 1) * frame + pad)]
+
+
+def make_utterance(source: VoiceSource, engine: Engine, voice: Voice, line: Line,
+                   sample_rate: int, cache_dir: Path | None) -> np.ndarray:
+    """One utterance of `voice` at `sample_rate`, float64, peak 0.9: the source's audio,
+    trimmed, resampled, WORLD-transformed, passed through a channel. With `cache_dir`, the
+    source's raw output (slow sources) and the voice before its channel are cached."""
+    from tsmixit.corpus import augment
+    from tsmixit.corpus.voices import world
+
+    vpath, x, rate = _cached(cache_dir, f"{source.name}-voice",
+                             cache_key(source, voice, line, "voice", sample_rate))
+    if x is None or rate != sample_rate:
+        rpath, raw, rate = (_cached(cache_dir, source.name, cache_key(source, voice, line))
+                            if source.cached else (None, None, 0))
+        if raw is None or rate != engine.sample_rate:
+            raw = np.asarray(engine.render(voice, line), dtype=np.float64)
+            if not np.any(raw):
+                raise VoiceSourceError(f"voice source '{source.name}' made silence for "
+                                       f"{line.id}")
+            raw = _store(rpath, raw, engine.sample_rate)
+        x = trim_silence(raw, engine.sample_rate)
+        if engine.sample_rate != sample_rate:
+            x = soxr.resample(x, engine.sample_rate, sample_rate, quality="HQ")
+        if voice.world is not None:
+            x = world.transform(x, sample_rate, world.WorldTransform(**voice.world))
+        x = _store(vpath, x, sample_rate)
+    rng = np.random.default_rng([line.seed, 17])
+    if voice.augment > 0 and rng.random() < voice.augment:
+        x = augment.apply(x, sample_rate, augment.sample_channel(rng, sample_rate), rng)
+    peak = np.abs(x).max()
+    if peak == 0:
+        raise VoiceSourceError(f"voice {voice.id}: utterance {line.id} is silent")
+    return 0.9 * x / peak
+
+
+def synthesize_voice(source_name: str, voice: Voice, lines: list[Line], sample_rate: int,
+                     cache_dir: str | None) -> list[int]:
+    """Worker task: make and write (16-bit FLAC) every utterance of one voice; frame counts."""
+    from tsmixit.corpus.voices import get_source
+
+    source = get_source(source_name)
+    engine = source.engine()
+    frames = []
+    for line in lines:
+        x = make_utterance(source, engine, voice, line, sample_rate,
+                           Path(cache_dir) if cache_dir else None)
+        write_audio(line.path, x.astype(np.float32), sample_rate, subtype="PCM_16")
+        frames.append(len(x))
+    return frames
+
+
+def _task(args: tuple) -> list[int]:
+    return synthesize_voice(*args)
+
+
+def synthesize_voices(jobs: list[tuple[Voice, list[Line]]], sample_rate: int, workers: int,
+                      progress: bool, cache_dir: str | os.PathLike | None) -> None:
+    """Make every (voice, lines) job, each voice in a fresh forked process (`workers` at a
+    time), with a progress bar over utterances."""
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    if not jobs:
+        return
+    ctx = mp.get_context("fork")
+    total = sum(len(lines) for _, lines in jobs)
+    cache = str(cache_dir) if cache_dir else None
+    with tqdm(total=total, desc="synthesising realistic voices", unit="utt",
+              disable=not progress) as bar, ctx.Pool(min(workers, len(jobs)),
+                                                      maxtasksperchild=1) as pool:
+        tasks = [(v.source, v, lines, sample_rate, cache) for v, lines in jobs]
+        for frames in pool.imap_unordered(_task, tasks):
+            bar.update(len(frames))

@@ -1,0 +1,118 @@
+"""Real recorded voices from Debian packages of telephone-system prompts (8 kHz, 16-bit wav),
+for TRAINING corpora only.
+
+Five people, each a base voice (the same "Allison" voice reads both the US English and the
+Mexican Spanish prompts: one base voice, two packages):
+
+  recordings:allison   f  asterisk-core-sounds-en-wav, asterisk-core-sounds-es-wav   CC BY-SA 3.0
+  recordings:june      f  asterisk-core-sounds-fr-wav (Canadian French)              CC BY-SA 3.0
+  recordings:carlo     m  asterisk-core-sounds-it-wav                                CC BY-SA 3.0
+  recordings:menardi   f  asterisk-prompt-it-menardi-wav                             CC BY-SA 3.0 IT
+  recordings:ivrvoice  f  asterisk-core-sounds-ru-wav                                CC BY-SA 3.0
+
+The two voices of the real-voice development set (asterisk-prompt-es-co,
+asterisk-prompt-fr-armelle) are never read: files are taken from each listed package's own
+dpkg file list, and those two packages are refused by name. An utterance joins random prompts
+of one voice (each trimmed at -40 dB re. its peak) with 0.1-0.3 s pauses until it lasts
+3-6 s. Set-up (root): apt-get install -y followed by the packages above (the Makefile's
+`voices-apt` target).
+"""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from tsmixit.corpus.voices.base import BaseVoice, Line, Voice, VoiceSourceError
+
+name = "recordings"
+licence = ("Asterisk core sounds 1.6.1 (Digium; voices en_US/es_MX_f_Allison, fr_CA_f_June, "
+           "it_IT_m_Carlo, ru_RU_f_IvrvoiceRU): Creative Commons BY-SA 3.0; it_IT_f_Menardi "
+           "prompts: CC BY-SA 3.0 Italy (per the packages' copyright files); training audio "
+           "only")
+cached = False
+SAMPLE_RATE = 8000
+DPKG_INFO = Path("/var/lib/dpkg/info")
+PACKAGES = {
+    "allison": ("f", "en-US", ("asterisk-core-sounds-en-wav", "asterisk-core-sounds-es-wav")),
+    "june": ("f", "fr-CA", ("asterisk-core-sounds-fr-wav",)),
+    "carlo": ("m", "it-IT", ("asterisk-core-sounds-it-wav",)),
+    "menardi": ("f", "it-IT", ("asterisk-prompt-it-menardi-wav",)),
+    "ivrvoice": ("f", "ru-RU", ("asterisk-core-sounds-ru-wav",)),
+}
+DEV_SET_PACKAGES = ("asterisk-prompt-es-co", "asterisk-prompt-fr-armelle")
+ALL_PACKAGES = tuple(p for _, _, pkgs in PACKAGES.values() for p in pkgs)
+_FIX = "apt-get update && apt-get install -y " + " ".join(ALL_PACKAGES) + " (or make voices-apt)"
+
+
+def files_of(package: str) -> list[str]:
+    """The .wav files a Debian package installed, from its dpkg file list."""
+    if package in DEV_SET_PACKAGES:
+        raise VoiceSourceError(f"{package} holds a voice of the real-voice development set: "
+                               "it is for measuring only, never for training")
+    listing = DPKG_INFO / f"{package}.list"
+    if not listing.exists():
+        raise VoiceSourceError(f"voice source 'recordings' needs the Debian package {package}, "
+                               f"which is not installed; fix: {_FIX}")
+    return sorted(p for p in listing.read_text().split("\n")
+                  if p.endswith(".wav") and Path(p).is_file())
+
+
+def check() -> None:
+    for package in ALL_PACKAGES:
+        if not files_of(package):
+            raise VoiceSourceError(f"the Debian package {package} lists no wav files; fix: "
+                                   f"apt-get install --reinstall -y {package}")
+
+
+def base_voices() -> list[BaseVoice]:
+    return [BaseVoice(f"recordings:{v}", name, g, lang) for v, (g, lang, _) in PACKAGES.items()]
+
+
+def sample_settings(rng: np.random.Generator, base: BaseVoice,
+                    same_split: list[BaseVoice]) -> dict[str, Any]:
+    return {}
+
+
+def version() -> str:
+    return "debian asterisk sounds 1.6.1 / menardi 20110907"
+
+
+def trim(x: np.ndarray, floor_db: float = -40.0, pad: int = 80) -> np.ndarray:
+    idx = np.flatnonzero(np.abs(x) > np.abs(x).max() * 10 ** (floor_db / 20)) if np.any(x) \
+        else np.zeros(0, int)
+    return x[max(idx[0] - pad, 0): idx[-1] + pad] if len(idx) else x
+
+
+class _Engine:
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self) -> None:
+        self.files = {v: [f for p in pkgs for f in files_of(p)]
+                      for v, (_, _, pkgs) in PACKAGES.items()}
+
+    def render(self, voice: Voice, line: Line) -> np.ndarray:
+        files = self.files[voice.base.split(":", 1)[1]]
+        rng = np.random.default_rng([line.seed, 5])
+        target = rng.uniform(3.0, 6.0) * SAMPLE_RATE
+        pieces, n = [], 0
+        for k in rng.permutation(len(files)):
+            x, rate = sf.read(files[k], dtype="float64")
+            if x.ndim > 1:
+                x = x[:, 0]
+            if rate != SAMPLE_RATE or len(x) == 0:
+                continue
+            x = trim(x)
+            if len(x) < 0.3 * SAMPLE_RATE:
+                continue
+            pieces += [x, np.zeros(int(rng.uniform(0.1, 0.3) * SAMPLE_RATE))]
+            n += len(x) + len(pieces[-1])
+            if n >= target:
+                break
+        return np.concatenate(pieces[:-1])[: int(6.0 * SAMPLE_RATE)]
+
+
+def engine() -> _Engine:
+    check()
+    return _Engine()

@@ -1,0 +1,124 @@
+"""Pretraining: one supervised stage (PIT, every training mixture's true sources) of a bigger
+separator on the pretraining corpus (corpus preset "pretrain"), run through the recipe's own
+machinery (tsmixit.recipe.run_recipe with the stages "supervised_full" and "eval": the same
+run folder layout, checkpoints every `train.checkpoint_every` steps, resume, fingerprints),
+then exported as a model folder with a model card:
+
+    RUN/corpus/                  the pretraining corpus (built, or resumed, first)
+    RUN/supervised_full/         the stage: checkpoints/last.ckpt (resume), best.ckpt
+    RUN/eval/, RUN/eval/sets/    scores on the corpus's test split and on eval.extra_sets
+    RUN/model/                   model.safetensors + config.json (tsmixit.model_files)
+    RUN/model/MODEL_CARD.md      corpus and its version, config, steps, machine, scores,
+                                 the licence of every voice source
+
+    tsmixit pretrain --config configs/pretrain.yaml --run-dir runs/pretrain
+        [--set train.max_steps=400000 ...]
+
+Stopping it (Ctrl-C, a killed session) loses at most `checkpoint_every` steps: the same
+command resumes. Extra test sets that are not on this machine are left out with a warning
+(their scores then are missing from the card, which says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from tsmixit.files import write_text_atomic
+from tsmixit.training.config import RecipeConfig
+
+log = logging.getLogger(__name__)
+STAGE = "supervised_full"
+
+
+def available_sets(config: RecipeConfig) -> RecipeConfig:
+    """The config without the extra test sets missing on this machine (warned)."""
+    kept = []
+    for path in config.eval.extra_sets:
+        if Path(path).exists():
+            kept.append(path)
+        else:
+            log.warning("eval.extra_sets: %s is not here, left out (the real-voice set: "
+                        "python ../shared/tools/real_voices_dev_set.py %s)", path, path)
+    return dataclasses.replace(config, eval=dataclasses.replace(config.eval, extra_sets=kept))
+
+
+def pretrain(config: RecipeConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Build the corpus, train (or resume) the supervised stage, evaluate, export with a
+    model card. Returns the recipe's result plus "model" and "card"."""
+    from tsmixit.recipe import run_recipe
+
+    run_dir = Path(run_dir)
+    missing = [p for p in config.eval.extra_sets if not Path(p).exists()]
+    config = available_sets(config)
+    result = run_recipe(config, run_dir, stages=[STAGE, "eval"])
+    summary = result["stages"][STAGE]
+    model_dir = export(config, run_dir, summary, result, missing)
+    result.update(model=str(model_dir), card=str(model_dir / "MODEL_CARD.md"))
+    return result
+
+
+def export(config: RecipeConfig, run_dir: Path, summary: dict[str, Any],
+           result: dict[str, Any], missing: list[str] | None = None) -> Path:
+    from tsmixit.model_files import load_model, save_model
+
+    checkpoint = Path(summary["checkpoint"])
+    if not checkpoint.is_absolute():
+        checkpoint = run_dir / checkpoint
+    separator = load_model(checkpoint)
+    module = getattr(separator, "model", separator)
+    rate = int(getattr(separator, "sample_rate", 8000))
+    out = run_dir / "model"
+    save_model(module, out, rate, summary={"system": STAGE, "steps": summary.get("steps"),
+                                           "best_val_si_snri": summary.get("best_val_si_snri")})
+    write_text_atomic(out / "MODEL_CARD.md", model_card(config, run_dir, summary, result, out,
+                                                         missing or []))
+    return out
+
+
+def model_card(config: RecipeConfig, run_dir: Path, summary: dict[str, Any],
+               result: dict[str, Any], model_dir: Path, missing: list[str]) -> str:
+    corpus = run_dir / "corpus"
+    record = json.loads((corpus / "corpus.json").read_text()) if (
+        corpus / "corpus.json").exists() else {}
+    sources = json.loads((corpus / "sources.json").read_text()) if (
+        corpus / "sources.json").exists() else {}
+    model_config = json.loads((model_dir / "config.json").read_text())
+    lines = [
+        "# tsmixit pretrained separator", "",
+        f"- architecture: {model_config['class']} {json.dumps(model_config['hparams'])}",
+        f"- weights: model.safetensors, sha256 {model_config['weights_sha256']}",
+        f"- training: supervised PIT (negative SI-SNR), {summary.get('steps')} steps, "
+        f"{summary.get('train_seconds')} s, best validation SI-SNRi "
+        f"{summary.get('best_val_si_snri')}",
+        f"- machine: {platform.machine()} {platform.processor() or ''} "
+        f"{os.cpu_count()} cores, {platform.python_version()}",
+        f"- corpus: preset {record.get('preset')}, seed {record.get('seed')}, "
+        f"format {record.get('format')}; settings: `{json.dumps(record.get('config', {}))}`",
+        "", "## Scores (SI-SNRi / SDRi, dB, top-2 outputs)", "",
+        "| test set | SI-SNRi | SDRi |", "|---|---:|---:|",
+    ]
+    sets = {"corpus test split": result.get("eval", {}), **result.get("eval_sets", {})}
+    for name, scores in sets.items():
+        mean = scores.get(STAGE, {}) if isinstance(scores, dict) else {}
+        lines.append(f"| {name} | {mean.get('si_snri_topk', float('nan')):.2f} | "
+                     f"{mean.get('sdri_topk', float('nan')):.2f} |")
+    if missing:
+        lines.append(f"\nNot scored (not on the machine): {', '.join(missing)}")
+    lines += ["", "## Voice sources and licences", ""]
+    from tsmixit.corpus.voices import LICENCES
+
+    lines.append(f"- espeak: {LICENCES['espeak']}")
+    for name, info in sources.items():
+        if "licence" in info:
+            lines.append(f"- {name}: {info['licence']}"
+                         + (f" ({info['version']})" if info.get("version") else "")
+                         + (f"; base voices per split {json.dumps(info['base_voices'])}"
+                            if info.get("base_voices") else ""))
+    lines += ["", "## Config", "", "```yaml", config.to_yaml().rstrip(), "```", ""]
+    return "\n".join(lines)

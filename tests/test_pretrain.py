@@ -1,0 +1,25 @@
+"""Pretraining: one supervised stage, exported with a model card naming its scores."""
+
+import json
+
+from conftest import make_corpus, tiny_overrides
+from tsmixit.model_files import load_model
+from tsmixit.pretrain import pretrain
+from tsmixit.training.config import load_config
+
+
+def test_pretraining_exports_a_model_with_its_card(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n_train=8)
+    missing = tmp_path / "not-here"
+    config = load_config(None, tiny_overrides(corpus, steps=4, **{
+        "stages.distill.rounds": 0, "stages.finetune.enabled": "false",
+        "stages.supervised_fraction.enabled": "false", "eval.extra_sets": f"['{missing}']"}))
+    result = pretrain(config, tmp_path / "run")
+    separator = load_model(result["model"])
+    assert separator.sample_rate == 8000
+    card = (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
+    scores = json.loads((tmp_path / "run" / "eval" / "supervised_full.json").read_text())
+    assert f"| corpus test split | {scores['mean']['si_snri_topk']:.2f} |" in card
+    assert f"Not scored (not on the machine): {missing}" in card
+    assert "4 steps" in card and "## Voice sources and licences" in card
+    assert list(result["stages"]) == ["supervised_full"]  # no teacher, no student
