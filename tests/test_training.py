@@ -271,3 +271,20 @@ def test_the_teachers_mixit_loss_is_the_one_the_config_names(choice):
     assert config.model.mixit == choice
     with pytest.raises(ConfigError, match="model.mixit"):
         load_config(None, ["train.max_steps=5", "model.mixit=greedy"])
+
+
+def test_precision_auto_takes_bf16_only_where_the_cpu_path_exists(monkeypatch):
+    from tsmixit.models import _cpu_kernels
+    from tsmixit.training.fit import precision
+
+    def config(arch: str, value: str = "auto"):
+        return load_config(None, ["train.max_steps=5", "train.accelerator=cpu",
+                                  f"model.arch={arch}", "model.preset=tiny",
+                                  f"train.precision={value}"])
+
+    monkeypatch.setattr(_cpu_kernels, "bf16_training_available", lambda: True)
+    assert precision(config("conv_tasnet")) == "bf16-mixed"
+    assert precision(config("dprnn")) == "32-true"  # no CPU bf16 path: exact float32
+    assert precision(config("dprnn", "bf16-mixed")) == "bf16-mixed"  # asked for: as asked
+    monkeypatch.setattr(_cpu_kernels, "bf16_training_available", lambda: False)
+    assert precision(config("conv_tasnet")) == "32-true"

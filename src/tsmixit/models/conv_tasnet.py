@@ -32,6 +32,12 @@ per block); PReLU and the depthwise convolutions use the hand-written CPU backwa
 residual convolution (its output would be unused); ``checkpointing=True`` recomputes each
 repeat in the backward pass to trade time for activation memory. Inference, export and GPU
 use plain torch operations.
+
+Under CPU bfloat16 autocast (Lightning's ``precision="bf16-mixed"``) training takes the
+bfloat16 path of ``tsmixit.models._cpu_kernels`` (1x1 convolutions as bfloat16 matrix
+products, bfloat16 activations, float32 master weights) where the CPU has bfloat16 units and
+they measure faster; inference and CPUs without them run the exact float32 layers with
+autocast off. Without autocast nothing changes: float32 results are bit for bit the same.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from tsmixit.errors import ConfigError
+from tsmixit.models import _cpu_kernels
 from tsmixit.models._cpu_kernels import DepthwiseFunction, PReLUFunction, PReLUGroupNormFunction
 from tsmixit.models.consistency import mixture_consistency
 from tsmixit.models.inputs import as_channels
@@ -229,7 +236,11 @@ class MaskNetwork(nn.Module):
         assert skip is not None
         return x, skip
 
-    def forward(self, w: Tensor) -> Tensor:
+    def forward(self, w: Tensor, bf16: bool = False) -> Tensor:
+        """w (batch, N_in, K) -> masks (batch, C, N, K); ``bf16``: train on the bfloat16 path
+        of ``_cpu_kernels.mask_network_bf16`` (gLN only)."""
+        if bf16:
+            return _cpu_kernels.mask_network_bf16(self, w)
         x = self.bottleneck(self.in_norm(w))  # (batch, B, K)
         skip: Tensor | None = None
         for blocks in self.repeats:
@@ -273,6 +284,8 @@ class ConvTasNet(nn.Module):
 
     #: The named settings `from_preset` builds.
     presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
+    #: Training under CPU bfloat16 autocast takes the bfloat16 path (see ``forward``).
+    supports_cpu_bf16: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -358,8 +371,21 @@ class ConvTasNet(nn.Module):
 
     def forward(self, mixture: Tensor) -> Tensor:
         """Separate ``mixture`` (batch, time) or (batch, n_channels, time) into
-        (batch, n_sources, time) waveforms, the source images at mic 0."""
+        (batch, n_sources, time) waveforms, the source images at mic 0.
+
+        Under CPU autocast (e.g. Lightning's ``precision="bf16-mixed"``) training takes the
+        bfloat16 path where ``_cpu_kernels.use_bf16_training`` says it pays, and everything
+        else runs the exact float32 layers with autocast off (its bfloat16 convolutions are
+        slower than float32 on CPU)."""
         x = as_channels(mixture, self.n_channels, "Conv-TasNet")  # (batch, mics, T)
+        if _cpu_kernels.cpu_autocast_dtype(x) is not None:
+            bf16 = self.hparams["norm"] == "gLN" and _cpu_kernels.use_bf16_training(x)
+            with torch.autocast("cpu", enabled=False):
+                return self._separate(x.float(), bf16)
+        return self._separate(x, False)
+
+    def _separate(self, x: Tensor, bf16: bool) -> Tensor:
+        """x (batch, mics, T) -> (batch, n_sources, T); ``bf16``: see ``forward``."""
         batch, T = x.shape[0], x.shape[-1]
         # Pad L/2 before and L/2..L-1 after, so every sample lies under two frames and the
         # frames tile the padded signal exactly: T_pad = (K - 1) L/2 + L.
@@ -370,9 +396,13 @@ class ConvTasNet(nn.Module):
         if self.spatial_encoder is not None:
             spatial = F.relu(self.spatial_encoder(x.unsqueeze(1))).squeeze(2)  # (batch, S, K)
             features = torch.cat([w, spatial], dim=1)  # (batch, N+S, K)
-        masks = self.separator(features)  # (batch, C, N, K)
+        masks = self.separator(features, bf16)  # (batch, C, N, K)
         masked = (masks * w.unsqueeze(1)).flatten(0, 1)  # (batch*C, N, K)
-        est = self.decoder(masked).view(batch, self.n_sources, -1)  # (batch, C, T_pad)
+        if bf16:
+            est = _cpu_kernels.decode_overlap_add(masked, self.decoder.weight)
+        else:
+            est = self.decoder(masked)  # (batch*C, 1, T_pad)
+        est = est.view(batch, self.n_sources, -1)  # (batch, C, T_pad)
         est = est[..., hop : hop + T]  # (batch, C, T)
         if self.consistency is not None:
             est = mixture_consistency(est, x[:, 0, hop : hop + T], weights=self.consistency)

@@ -81,6 +81,8 @@ class TrainConfig:
     checkpoint_every: int | None = None
     log_every: int = 10
     seed: int = 0
+    # Lightning's precision ("32-true", "bf16-mixed", ...) or "auto": bf16-mixed where the
+    # separator has a CPU bf16 path and this CPU's bf16 units are faster (training/fit.py).
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
