@@ -20,7 +20,7 @@ from tsmixit.corpus.voices import (
     recordings,
     world,
 )
-from tsmixit.corpus.voices.base import make_utterance
+from tsmixit.corpus.voices.synthesis import make_utterance
 from tsmixit.data.manifest import Manifest
 
 TEXT = "Seven old farmers carried boxes."

@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+import tsmixit.models._cpu_kernels as _cpu_kernels
 from tsmixit.errors import ConfigError
-from tsmixit.models import _cpu_kernels
 from tsmixit.models._cpu_kernels import DepthwiseFunction, PReLUFunction, PReLUGroupNormFunction
 from tsmixit.models.consistency import mixture_consistency
 from tsmixit.models.inputs import as_channels

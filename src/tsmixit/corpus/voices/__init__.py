@@ -7,22 +7,14 @@
     recordings.py  real recorded people from Debian prompt packages (training only)
     flite.py       CMU Flite / ARCTIC voices awb, rms, slt, kal (Debian flite)
     world.py       WORLD-vocoder transforms: F0, pitch range, spectral envelope, breathiness
-    base.py        the shared voice record, cache and per-speaker worker
+    base.py        the shared voice record and cache
+    synthesis.py   a voice's utterances (trim, resample, WORLD, channel), one worker per voice
+    sources.py     `SOURCES`: name -> module (adding a source: one module, one line there)
 
-A realistic source yields (speaker, utterance) audio through `base.synthesize_voices`;
-`SOURCES` maps a name to its module (adding a source: one module, one line here).
+A realistic source yields (speaker, utterance) audio through `synthesis.synthesize_voices`.
 """
 
-from types import ModuleType
-
-from tsmixit.corpus.voices import flite, kokoro, piper, recordings, world
-from tsmixit.corpus.voices.base import (
-    BaseVoice,
-    Line,
-    Voice,
-    VoiceSourceError,
-    synthesize_voices,
-)
+from tsmixit.corpus.voices.base import BaseVoice, Line, Voice, VoiceSourceError
 from tsmixit.corpus.voices.espeak import (
     Speaker,
     Utterance,
@@ -31,22 +23,8 @@ from tsmixit.corpus.voices.espeak import (
     speaker_is_done,
     synthesize_all,
 )
-
-SOURCES: dict[str, ModuleType] = {"piper": piper, "kokoro": kokoro, "recordings": recordings,
-                                   "flite": flite}
-LICENCES: dict[str, str] = {
-    "espeak": "eSpeak NG (espeakng-loader wheel): GPL-3.0-or-later engine and voice data",
-    **{k: m.licence for k, m in SOURCES.items()},
-    "world": world.licence,
-}
-
-
-def get_source(name: str) -> ModuleType:
-    """The source module `name`; VoiceSourceError listing the known ones otherwise."""
-    if name not in SOURCES:
-        raise VoiceSourceError(f"unknown voice source {name!r}; known: {sorted(SOURCES)}")
-    return SOURCES[name]
-
+from tsmixit.corpus.voices.sources import LICENCES, SOURCES, get_source
+from tsmixit.corpus.voices.synthesis import synthesize_voices
 
 __all__ = [
     "LICENCES", "SOURCES", "BaseVoice", "Line", "Speaker", "Utterance", "Voice",

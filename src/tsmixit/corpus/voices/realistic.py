@@ -20,16 +20,17 @@ from typing import Any
 
 import numpy as np
 
+import tsmixit.corpus.voices.world as _world
 from tsmixit.corpus.grammar import SentenceGrammar
-from tsmixit.corpus.voices import world as _world
 from tsmixit.corpus.voices.base import (
     BaseVoice,
     Line,
     Voice,
     VoiceSourceError,
     default_cache_dir,
-    synthesize_voices,
 )
+from tsmixit.corpus.voices.sources import get_source
+from tsmixit.corpus.voices.synthesis import synthesize_voices
 
 SPLITS = ("train", "valid", "test")
 _PREFIX = {"train": "tr", "valid": "cv", "test": "tt"}
@@ -68,8 +69,6 @@ def base_splits(source: str, bases: list[BaseVoice], want: tuple[int, int, int],
 
 def draw_voices(config: Any, seed: int) -> dict[str, list[Voice]]:
     """Every realistic voice of the corpus, per split (checks that each source is installed)."""
-    from tsmixit.corpus.voices import get_source
-
     out: dict[str, list[Voice]] = {split: [] for split in SPLITS}
     for source_name, want in counts(config).items():
         source = get_source(source_name)
@@ -127,8 +126,6 @@ def synthesize(config: Any, seed: int, out_dir: Path, voices: dict[str, list[Voi
 def sources_record(config: Any, seed: int) -> dict[str, Any]:
     """What sources.json records: per source its licence, package versions and the base
     voices of each split; and the WORLD vocoder's licence when transforms are on."""
-    from tsmixit.corpus.voices import get_source
-
     out: dict[str, Any] = {}
     for name, want in counts(config).items():
         source = get_source(name)
