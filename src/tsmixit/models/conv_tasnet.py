@@ -42,7 +42,6 @@ autocast off. Without autocast nothing changes: float32 results are bit for bit 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -54,7 +53,7 @@ import tsmixit.models._cpu_kernels as _cpu_kernels
 from tsmixit.errors import ConfigError
 from tsmixit.models._cpu_kernels import DepthwiseFunction, PReLUFunction, PReLUGroupNormFunction
 from tsmixit.models.consistency import mixture_consistency
-from tsmixit.models.inputs import as_channels
+from tsmixit.models.inputs import as_channels, build_preset
 
 Norm = Literal["gLN", "cLN"]
 MaskActivation = Literal["relu", "sigmoid", "softmax"]
@@ -359,15 +358,7 @@ class ConvTasNet(nn.Module):
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ConvTasNet:
         """Build a preset ("paper", "authors", "small", "tiny"), overriding any argument."""
-        if name not in PRESETS:
-            raise ConfigError(f"unknown Conv-TasNet preset {name!r}; choose one of {list(PRESETS)}")
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise ConfigError(
-                f"unknown Conv-TasNet argument(s) {unknown}; valid ones are {sorted(allowed)}"
-            )
-        return cls(**{**PRESETS[name], **overrides})
+        return build_preset(cls, name, overrides, "Conv-TasNet")
 
     def forward(self, mixture: Tensor) -> Tensor:
         """Separate ``mixture`` (batch, time) or (batch, n_channels, time) into

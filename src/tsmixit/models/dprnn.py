@@ -38,7 +38,6 @@ spatial encoder or TF-GridNet for several microphones).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -47,7 +46,7 @@ from torch import Tensor, nn
 
 from tsmixit.errors import ConfigError
 from tsmixit.models.consistency import mixture_consistency
-from tsmixit.models.inputs import as_channels
+from tsmixit.models.inputs import as_channels, build_preset
 
 MaskActivation = Literal["relu", "sigmoid", "softmax"]
 Consistency = Literal["uniform", "energy"] | None
@@ -207,15 +206,7 @@ class DPRNN(nn.Module):
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> DPRNN:
         """Build a preset ("paper", "small", "tiny"), overriding any argument."""
-        if name not in PRESETS:
-            raise ConfigError(f"unknown DPRNN preset {name!r}; choose one of {list(PRESETS)}")
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise ConfigError(
-                f"unknown DPRNN argument(s) {unknown}; valid ones are {sorted(allowed)}"
-            )
-        return cls(**{**PRESETS[name], **overrides})
+        return build_preset(cls, name, overrides, "DPRNN")
 
     def forward(self, mixture: Tensor) -> Tensor:
         """Separate ``mixture`` (batch, time) or (batch, 1, time) into (batch, n_sources,

@@ -1,12 +1,16 @@
-"""The input check every separator's forward starts with: a floating-point mixture of
+"""What every separator shares: building a preset (`build_preset`), and the input check its
+forward starts with: a floating-point mixture of
 (batch, time) or (batch, C, time) with C = the model's ``n_channels`` microphones and at
 least one sample, returned as (batch, C, time); AudioError naming the model and the fix.
 """
 
+import inspect
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from tsmixit.errors import AudioError
+from tsmixit.errors import AudioError, ConfigError
 
 #: Separators with a multi-microphone form, named in the hint for single-channel models.
 MULTI_CHANNEL = "conv_tasnet, tf_gridnet"
@@ -32,3 +36,16 @@ def as_channels(mixture: Tensor, n_channels: int, model: str) -> Tensor:
     if mixture.shape[-1] < 1:
         raise AudioError(f"{model} got an empty input (0 samples)")
     return mixture
+
+
+def build_preset(cls: type, name: str, overrides: dict[str, Any], model: str) -> Any:
+    """`cls` built from its preset `name` (one of ``cls.presets``) with `overrides`;
+    ConfigError naming the model and the choices for an unknown preset or argument."""
+    if name not in cls.presets:
+        raise ConfigError(f"unknown {model} preset {name!r}; choose one of {list(cls.presets)}")
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown {model} argument(s) {unknown}; valid ones are "
+                          f"{sorted(allowed)}")
+    return cls(**{**cls.presets[name], **overrides})

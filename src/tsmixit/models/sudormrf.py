@@ -45,7 +45,6 @@ SuDoRM-RF has no published multi-microphone form: n_channels must be 1.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -54,7 +53,7 @@ from torch import Tensor, nn
 
 from tsmixit.errors import ConfigError
 from tsmixit.models.consistency import mixture_consistency
-from tsmixit.models.inputs import as_channels
+from tsmixit.models.inputs import as_channels, build_preset
 
 Variant = Literal["original", "improved"]
 Consistency = Literal["uniform", "energy"] | None
@@ -196,17 +195,7 @@ class SuDoRMRF(nn.Module):
     def from_preset(cls, name: str, **overrides: Any) -> SuDoRMRF:
         """Build a preset ("1.0x", "0.5x", "0.25x", "improved", "small", "tiny"),
         overriding any argument."""
-        if name not in PRESETS:
-            raise ConfigError(
-                f"unknown SuDoRM-RF preset {name!r}; choose one of {list(PRESETS)}"
-            )
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise ConfigError(
-                f"unknown SuDoRM-RF argument(s) {unknown}; valid ones are {sorted(allowed)}"
-            )
-        return cls(**{**PRESETS[name], **overrides})
+        return build_preset(cls, name, overrides, "SuDoRM-RF")
 
     def _masks(self, y: Tensor) -> Tensor:
         """(batch, B, T') -> masks (batch, S, N, T')."""

@@ -54,7 +54,6 @@ H = 192: the ``"espnet"`` preset) give 8.18 M.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, ClassVar, Literal
 
@@ -64,7 +63,7 @@ from torch import Tensor, nn
 
 from tsmixit.errors import ConfigError
 from tsmixit.models.consistency import mixture_consistency
-from tsmixit.models.inputs import as_channels
+from tsmixit.models.inputs import as_channels, build_preset
 
 Consistency = Literal["uniform", "energy"] | None
 
@@ -289,17 +288,7 @@ class TFGridNet(nn.Module):
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TFGridNet:
         """Build a preset ("paper", "espnet", "small", "tiny"), overriding any argument."""
-        if name not in PRESETS:
-            raise ConfigError(
-                f"unknown TF-GridNet preset {name!r}; choose one of {list(PRESETS)}"
-            )
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise ConfigError(
-                f"unknown TF-GridNet argument(s) {unknown}; valid ones are {sorted(allowed)}"
-            )
-        return cls(**{**PRESETS[name], **overrides})
+        return build_preset(cls, name, overrides, "TF-GridNet")
 
     def forward(self, mixture: Tensor) -> Tensor:
         """Separate ``mixture`` (batch, time) or (batch, n_channels, time) into
