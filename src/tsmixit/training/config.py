@@ -134,6 +134,62 @@ class DistillStage:
     lr: float | None = None
 
 
+# The mixture-only methods beside TS-MixIT (issue 14): off unless enabled, each one stage kind
+# (training/stages/<kind>.py), its defaults from its paper or its authors' code.
+
+
+@dataclass
+class SemiMixITStage(StageBudget):
+    """Semi-supervised MixIT (Wisdom et al., NeurIPS 2020): MixIT on mixtures of mixtures of
+    all training mixtures plus PIT on the true sources of the labelled fraction, in one batch."""
+
+    enabled: bool = False
+    # Share of each batch that is labelled mixtures (PIT on their sources); the rest are MoMs.
+    labelled_share: float = 0.5
+    # Weight of the supervised (PIT) term against the MixIT term.
+    supervised_weight: float = 1.0
+
+
+@dataclass
+class SparseMixITStage(StageBudget):
+    """Sparse and efficient MixIT (Wisdom et al., WASPAA 2021): MixIT with M outputs plus a
+    sparsity loss on the outputs' RMS (L1/L2) and a covariance loss between outputs."""
+
+    enabled: bool = False
+    outputs: int = 8  # M
+    mixit: Literal["exact", "least_squares"] = "least_squares"
+    sparsity_weight: float = 0.1
+    covariance_weight: float = 0.0
+
+
+@dataclass
+class RemixITStage(StageBudget):
+    """RemixIT (Tzinis et al., IEEE JSTSP 2022): a teacher's estimates, permuted across the
+    batch and remixed, train a student; the teacher follows the student (EMA or replaced)."""
+
+    enabled: bool = False
+    # The teacher it starts from: the MixIT teacher (its top-k outputs) or the supervised
+    # baseline trained on the labelled fraction.
+    teacher: Literal["teacher", "supervised_fraction"] = "teacher"
+    # "ema": teacher <- gamma * teacher + (1 - gamma) * student every step; "replace": the
+    # teacher becomes the student every `replace_every` steps; "frozen": never updated.
+    teacher_update: Literal["ema", "replace", "frozen"] = "ema"
+    ema_gamma: float = 0.99
+    replace_every: int | None = None
+    init: Literal["teacher", "scratch"] = "teacher"
+
+
+@dataclass
+class SelfRemixingStage(StageBudget):
+    """Self-Remixing (Saijo & Ogawa, ICASSP 2023): the shuffler (an EMA of the solver)
+    separates and remixes across the batch; the solver separates the pseudo-mixtures and
+    remixes its estimates back into the observed mixtures, which supervise it."""
+
+    enabled: bool = False
+    ema_gamma: float = 0.99
+    init: Literal["teacher", "scratch"] = "teacher"
+
+
 @dataclass
 class StagesConfig:
     teacher: StageBudget = field(default_factory=StageBudget)
@@ -143,6 +199,10 @@ class StagesConfig:
     distill: DistillStage = field(default_factory=DistillStage)
     supervised_full: StageBudget = field(default_factory=StageBudget)
     supervised_fraction: StageBudget = field(default_factory=StageBudget)
+    semi_mixit: SemiMixITStage = field(default_factory=SemiMixITStage)
+    sparse_mixit: SparseMixITStage = field(default_factory=SparseMixITStage)
+    remixit: RemixITStage = field(default_factory=RemixITStage)
+    self_remixing: SelfRemixingStage = field(default_factory=SelfRemixingStage)
 
 
 @dataclass
@@ -173,6 +233,7 @@ class RecipeConfig:
 
 BUDGET_STAGES = (
     "teacher", "student", "finetune", "distill", "supervised_full", "supervised_fraction",
+    "semi_mixit", "sparse_mixit", "remixit", "self_remixing",
 )
 
 
@@ -396,11 +457,50 @@ def _check(config: RecipeConfig) -> None:
                 "trains a teacher and a student (use --stages to run only some stages)"
             )
     positive("stages.distill.rounds", config.stages.distill.rounds, allow_zero=True)
+    _check_methods(config)
     positive("stages.label.max_mixtures", config.stages.label.max_mixtures)
     positive("eval.max_mixtures", config.eval.max_mixtures)
     if config.corpus.manifest is None and config.corpus.preset is None:
         raise ConfigError("set config key 'corpus.manifest' (a manifest.jsonl) or 'corpus.preset'")
     _check_model(config)
+
+
+def _check_methods(config: RecipeConfig) -> None:
+    """The mixture-only methods' weights, shares and EMA factors (checked when disabled too:
+    a bad value in a config is refused even before the stage is switched on)."""
+    s = config.stages
+
+    def within(key: str, value: float, low: float, high: float, closed_high: bool) -> None:
+        if not (low <= value <= high if closed_high else low <= value < high):
+            bracket = "]" if closed_high else ")"
+            raise ConfigError(f"config key {key!r} must lie in [{low}, {high}{bracket}, "
+                              f"got {value!r}")
+
+    within("stages.semi_mixit.labelled_share", s.semi_mixit.labelled_share, 0.0, 1.0, True)
+    for key, value in (("stages.semi_mixit.supervised_weight", s.semi_mixit.supervised_weight),
+                       ("stages.sparse_mixit.sparsity_weight", s.sparse_mixit.sparsity_weight),
+                       ("stages.sparse_mixit.covariance_weight",
+                        s.sparse_mixit.covariance_weight)):
+        if value < 0:
+            raise ConfigError(f"config key {key!r} must be non-negative, got {value!r}")
+    if s.sparse_mixit.outputs < max(2, config.model.student_outputs):
+        raise ConfigError(
+            "config key 'stages.sparse_mixit.outputs' (M) must be at least 2 and at least "
+            f"model.student_outputs = {config.model.student_outputs}, got "
+            f"{s.sparse_mixit.outputs}")
+    within("stages.remixit.ema_gamma", s.remixit.ema_gamma, 0.0, 1.0, False)
+    within("stages.self_remixing.ema_gamma", s.self_remixing.ema_gamma, 0.0, 1.0, False)
+    if s.remixit.replace_every is not None and s.remixit.replace_every <= 0:
+        raise ConfigError("config key 'stages.remixit.replace_every' must be positive, got "
+                          f"{s.remixit.replace_every!r}")
+    if s.remixit.teacher_update == "replace" and s.remixit.replace_every is None:
+        raise ConfigError("config key 'stages.remixit.replace_every' must be set (steps) when "
+                          "stages.remixit.teacher_update is 'replace'")
+    if s.remixit.enabled and s.remixit.teacher == "supervised_fraction" and (
+            not s.supervised_fraction.enabled):
+        raise ConfigError("config key 'stages.remixit.teacher' is 'supervised_fraction' but "
+                          "stages.supervised_fraction.enabled is false; enable it or use "
+                          "stages.remixit.teacher: teacher")
 
 
 def _check_model(config: RecipeConfig) -> None:

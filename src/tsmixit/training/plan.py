@@ -21,7 +21,8 @@ from tsmixit.errors import ConfigError
 from tsmixit.training.config import RecipeConfig, stage_budget
 from tsmixit.training.run_folder import stable_hash
 
-StageKind = Literal["teacher", "label", "student", "finetune", "supervised"]
+StageKind = Literal["teacher", "label", "student", "finetune", "supervised", "semi_mixit",
+                    "sparse_mixit", "remixit", "self_remixing"]
 Labels = Literal["none", "fraction", "all"]
 
 #: Keys that change how a stage runs, not what it computes: outside every fingerprint.
@@ -33,7 +34,9 @@ EXECUTION_KEYS = {
 #: Model keys a kind of stage never reads (a student setting does not retrain the teacher).
 #: The teacher and the labeller read k = student_outputs: the top-k outputs they keep.
 UNREAD_MODEL_KEYS = {"teacher": ("student_consistency",), "label": ("student_consistency",),
-                     "supervised": ("teacher_outputs", "teacher_consistency", "mixit")}
+                     "supervised": ("teacher_outputs", "teacher_consistency", "mixit"),
+                     "semi_mixit": ("student_consistency",),
+                     "sparse_mixit": ("teacher_outputs", "student_consistency", "mixit")}
 #: Steps of `--stages` that are not stages: every distillation round, and the run's ends.
 STEPS = ("distill", "eval", "export", "report")
 
@@ -114,7 +117,8 @@ def _stages(config: RecipeConfig) -> list[Stage]:
         plan.append(Stage(name, kind, round_, len(plan), **fields))
         return name
 
-    teacher = add("teacher", "teacher", 0, budget="teacher", sections={"teacher": s.teacher})
+    teacher = teacher_0 = add("teacher", "teacher", 0, budget="teacher",
+                              sections={"teacher": s.teacher})
     labels = add("label", "label", 0, teacher=teacher, sections=label_sections)
     last = add("student", "student", 0, budget="student", teacher=teacher, labels_from=labels,
                init=teacher if s.student.init == "teacher" else None,
@@ -135,6 +139,23 @@ def _stages(config: RecipeConfig) -> list[Stage]:
         if getattr(s, name).enabled:
             add(name, "supervised", None, budget=name, labels=labels_used,
                 sections={name: getattr(s, name)})
+    # The mixture-only methods beside TS-MixIT (round None: outside its chain).
+    if s.semi_mixit.enabled:
+        add("semi_mixit", "semi_mixit", None, budget="semi_mixit", labels="fraction",
+            sections={"semi_mixit": s.semi_mixit})
+    if s.sparse_mixit.enabled:
+        add("sparse_mixit", "sparse_mixit", None, budget="sparse_mixit",
+            sections={"sparse_mixit": s.sparse_mixit})
+    if s.remixit.enabled:
+        start = s.remixit.teacher  # "teacher" or "supervised_fraction", both planned above
+        add("remixit", "remixit", None, budget="remixit", teacher=start,
+            init=start if s.remixit.init == "teacher" else None,
+            labels="fraction" if start == "supervised_fraction" else "none",
+            sections={"remixit": s.remixit})
+    if s.self_remixing.enabled:
+        add("self_remixing", "self_remixing", None, budget="self_remixing", teacher=teacher_0,
+            init=teacher_0 if s.self_remixing.init == "teacher" else None,
+            sections={"self_remixing": s.self_remixing})
     return plan
 
 
