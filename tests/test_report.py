@@ -29,13 +29,13 @@ RECORDS = {
 }
 
 
-def _make_run(run, n_channels=1, shift=0.0):
+def _make_run(run, n_channels=1, shift=0.0, systems=SYSTEMS, records=RECORDS):
     rng = np.random.default_rng(0)
     mixture = rng.standard_normal(SR).astype(np.float32)
-    for system, (si, sdr, active, seconds, oracle) in SYSTEMS.items():
+    for system, (si, sdr, active, seconds, oracle) in systems.items():
         stage = run / system
         stage.mkdir(parents=True)
-        kind, round_, order, labels, upstream = RECORDS[system]
+        kind, round_, order, labels, upstream = records[system]
         (stage / "summary.json").write_text(json.dumps({
             "stage": system, "system": system, "kind": kind, "round": round_, "order": order,
             "labels": labels, "upstream": upstream, "layout": LAYOUT, "train_seconds": seconds,
@@ -44,7 +44,7 @@ def _make_run(run, n_channels=1, shift=0.0):
         lines += [f"0,{s},{-s / 10:.2f},,"for s in range(0, 100, 10)]
         lines += ["0,49,,-3.0,2.5", "0,99,,-5.0,4.5"]
         (stage / "metrics.csv").write_text("\n".join(lines) + "\n")
-        n_out = 4 if system == "teacher" else 2
+        n_out = 2 if oracle is None else 4
         per_mixture = [
             {"id": f"m{i}", "si_snri_topk": si + shift + d, "sdri_topk": sdr + d,
              "si_snri_oracle": (oracle or si) + shift + d, "sdri_oracle": sdr + d,
@@ -121,3 +121,51 @@ def test_a_run_folder_of_the_previous_layout_is_refused_by_name(tmp_path):
     old.write_text(json.dumps(summary))
     with pytest.raises(TrainingError, match="earlier version of tsmixit.*--fresh"):
         write_report(tmp_path / "run")
+
+
+# The mixture-only methods beside TS-MixIT: (SI-SNRi, SDRi, active outputs, seconds, oracle
+# SI-SNRi or None for a k-output system) and their plan records.
+METHODS = {
+    "sparse_mixit": (5.00, 5.50, [2, 2, 3, 2], 900.0, 5.20),
+    "semi_mixit": (6.00, 6.40, [2, 3, 3, 2], 800.0, 7.00),
+    "remixit": (4.50, 5.10, [2, 2, 2, 2], 400.0, None),
+    "self_remixing": (3.50, 4.20, [2, 2, 2, 2], 500.0, None),
+}
+METHOD_RECORDS = {
+    "sparse_mixit": ("sparse_mixit", None, 9, "none", []),
+    "semi_mixit": ("semi_mixit", None, 10, "fraction", []),
+    "remixit": ("remixit", None, 11, "none", ["teacher"]),
+    "self_remixing": ("self_remixing", None, 12, "none", ["teacher"]),
+}
+
+
+def test_methods_table_and_their_papers_claims(tmp_path):
+    run = tmp_path / "run"
+    _make_run(run, systems={**SYSTEMS, **METHODS}, records={**RECORDS, **METHOD_RECORDS})
+    text = write_report(run).read_text()
+    data = json.loads((run / "report.json").read_text())
+    methods = {r["stage"]: r for r in data["methods"]}
+    assert list(methods) == ["supervised_full", "supervised_fraction", "teacher", "student",
+                             "finetune", *METHODS]
+    # Over-separation by hand: teacher 7.75 - 4.00 >= 0.5 dB on 2/4 mixtures >= 25 %;
+    # sparse MixIT's oracle gains 0.20 dB only; semi-supervised MixIT 1.00 dB on 2/4.
+    assert methods["teacher"]["over_separates"] is True
+    assert methods["sparse_mixit"]["over_separates"] is False
+    assert methods["semi_mixit"]["over_separates"] is True
+    assert methods["remixit"]["over_separates"] is None
+    assert methods["sparse_mixit"]["vs_teacher_db"] == pytest.approx(1.0)
+    assert methods["self_remixing"]["vs_teacher_db"] == pytest.approx(-0.5)
+    assert methods["teacher"]["vs_teacher_db"] is None
+    assert "| Sparse MixIT (top-2) | 40 | 5.00 / 5.50 | +1.00 | 2.25 / 4 | no |" in text
+    assert "| RemixIT | 40 | 4.50 / 5.10 | +0.50 | 2.00 / 2 | - (2 outputs) |" in text
+    verdicts = {c["claim"].split(" (")[0]: c["status"] for c in data["claims"]}
+    assert verdicts["Sparse MixIT"] == "holds"  # 2.25 < 3.00 active, 5.00 >= 4.00 dB
+    assert verdicts["Semi-supervised MixIT"] == "holds"  # 6.00 > 5.25 dB
+    assert verdicts["RemixIT"] == "holds"  # 4.50 > its teacher's 4.00 dB
+    assert verdicts["Self-Remixing"] == "does not hold"  # 3.50 < 4.00 dB
+
+
+def test_no_methods_table_without_a_method(tmp_path):
+    run = tmp_path / "run"
+    _make_run(run)
+    assert "Mixture-only methods" not in write_report(run).read_text()

@@ -31,24 +31,36 @@ OVERSEPARATION_GAP_DB = 0.5
 OVERSEPARATION_SHARE = 0.25
 
 
-def system_label(summary: dict[str, Any], k: int) -> str | None:
-    """Table label of a trained system from its stage summary (kind, round, labels); None
-    for a kind the table does not show."""
+#: The mixture-only methods beside TS-MixIT (training/stages/<kind>.py): table names.
+METHOD_NAMES = {
+    "semi_mixit": "Semi-supervised MixIT",
+    "sparse_mixit": "Sparse MixIT",
+    "remixit": "RemixIT",
+    "self_remixing": "Self-Remixing",
+}
+
+
+def system_name(summary: dict[str, Any]) -> str | None:
+    """Table name of a trained system from its stage summary (kind, round, labels); None
+    for a kind the table does not show. Systems with more than k outputs are scored twice,
+    "(top-k)" and "(oracle grouping into k)" after this name."""
     kind, round_ = summary.get("kind"), summary.get("round")
     if kind == "supervised":
         return ("Supervised PIT, 100 % labels" if summary.get("labels") == "all"
                 else "Supervised PIT, labelled fraction only")
     if kind == "teacher":
-        return f"MixIT teacher (top-{k})"
+        return "MixIT teacher"
     if kind == "student":
         return "TS-MixIT student" if not round_ else f"+ distillation round {round_}"
     if kind == "finetune":
         return "+ fine-tune" if not round_ else f"+ distillation round {round_}, fine-tuned"
-    return None
+    if kind == "remixit" and summary.get("labels") == "fraction":
+        return "RemixIT (from the supervised fraction)"
+    return METHOD_NAMES.get(kind)
 
 
 def table_order(summary: dict[str, Any]) -> tuple[int, int]:
-    """Baselines first, then the TS-MixIT chain in plan order."""
+    """Baselines first, then the TS-MixIT chain and the other methods in plan order."""
     return (0 if summary.get("kind") == "supervised" else 1, int(summary.get("order", 0)))
 
 
@@ -113,8 +125,8 @@ def table_rows(run: dict[str, Any], run_name: str | None = None) -> list[dict[st
                  if r.get("stage", s) in summaries]
     for summary, result in sorted(evaluated, key=lambda pair: table_order(pair[0])):
         k = int(result.get("k", 2))
-        label = system_label(summary, k)
-        if label is None:
+        name = system_name(summary)
+        if name is None:
             continue
         stage = summary["stage"]
         stage_s = result.get("train_seconds") or stage_seconds(summary) or None
@@ -123,6 +135,7 @@ def table_rows(run: dict[str, Any], run_name: str | None = None) -> list[dict[st
         common = {
             "system": result.get("system", stage), "stage": stage, "kind": summary["kind"],
             "round": summary.get("round"), "labels": summary.get("labels"), "run": run_name,
+            "upstream": summary.get("upstream", []),
             "k": k, "n_channels": result.get("n_channels", 1),
             "n_outputs": result.get("n_outputs"), "n_mixtures": result.get("n_mixtures"),
             "labelled_mixtures": result.get("labelled_mixtures", summary.get("labelled_mixtures")),
@@ -130,9 +143,10 @@ def table_rows(run: dict[str, Any], run_name: str | None = None) -> list[dict[st
             "over_separated": mean.get("over_separated"),
             "stage_seconds": stage_s, "total_seconds": total or stage_s,
         }
-        variants = [("topk", label)]
-        if summary["kind"] == "teacher":
-            variants.append(("oracle", f"MixIT teacher (oracle grouping into {k})"))
+        variants = [("topk", name)]
+        if (result.get("n_outputs") or k) > k:
+            variants = [("topk", f"{name} (top-{k})"),
+                        ("oracle", f"{name} (oracle grouping into {k})")]
         for variant, text in variants:
             other = {name: evals[common["system"]]["mean"]
                      for name, evals in run.get("sets", {}).items() if common["system"] in evals}
@@ -234,6 +248,78 @@ def check_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     else:
         claims.append(_claim(text, None, "needs single- and multi-channel runs of one system "
                                          "(tsmixit report RUN --compare OTHER_RUN)"))
+    return claims
+
+
+def _over_separates(rows: list[dict[str, Any]], row: dict[str, Any]) -> bool | None:
+    """The over-separation rule of the claims for a system with more than k outputs (oracle
+    grouping >= OVERSEPARATION_GAP_DB over top-k on >= OVERSEPARATION_SHARE of mixtures);
+    None for a k-output system, which cannot."""
+    oracle = _row(rows, row["kind"], "oracle", stage=row["stage"])
+    if oracle is None:
+        return None
+    return (oracle["si_snri"] - row["si_snri"] >= OVERSEPARATION_GAP_DB
+            and (row["over_separated"] or 0.0) >= OVERSEPARATION_SHARE)
+
+
+def method_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The methods table: one row per system of this run (top-k scoring), with whether it
+    over-separates and its SI-SNRi against the MixIT teacher's top-k outputs."""
+    teacher = _row(rows, "teacher")
+    out = []
+    for row in rows:
+        if row["scoring"] != "topk" or row["run"] is not None:
+            continue
+        out.append({**row, "over_separates": _over_separates(rows, row),
+                    "vs_teacher_db": None if teacher is None or row is teacher
+                    else row["si_snri"] - teacher["si_snri"]})
+    return out
+
+
+def check_method_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each mixture-only method's own paper's claim, as measured (only for methods run)."""
+    claims = []
+    teacher = _row(rows, "teacher")
+    fraction = _row(rows, "supervised", labels="fraction")
+    sparse = _row(rows, "sparse_mixit")
+    if sparse is not None:
+        text = ("Sparse MixIT (Wisdom et al., WASPAA 2021) over-separates less than the MixIT "
+                "teacher (fewer active outputs) and separates at least as well on its top-k")
+        if teacher is not None:
+            claims.append(_claim(
+                text, sparse["active_outputs"] < teacher["active_outputs"]
+                and sparse["si_snri"] >= teacher["si_snri"],
+                f"active outputs {sparse['active_outputs']:.2f} of {sparse['n_outputs']} vs "
+                f"{teacher['active_outputs']:.2f} of {teacher['n_outputs']}; top-k "
+                f"{sparse['si_snri']:.2f} dB vs {teacher['si_snri']:.2f} dB"))
+        else:
+            claims.append(_claim(text, None, "needs an evaluated MixIT teacher"))
+    semi = _row(rows, "semi_mixit")
+    if semi is not None:
+        text = ("Semi-supervised MixIT (Wisdom et al., NeurIPS 2020) beats supervised training "
+                "on the same labelled fraction")
+        claims.append(_claim(text, semi["si_snri"] > fraction["si_snri"],
+                             f"{semi['si_snri']:.2f} dB vs {fraction['si_snri']:.2f} dB")
+                      if fraction else _claim(text, None, "needs the supervised fraction"))
+    remixit = _row(rows, "remixit")
+    if remixit is not None:
+        text = "RemixIT (Tzinis et al., JSTSP 2022): the student beats the teacher it started from"
+        start = next((r for r in rows if r["scoring"] == "topk" and r["run"] is None
+                      and r["stage"] in remixit.get("upstream", ())), None)
+        claims.append(_claim(text, remixit["si_snri"] > start["si_snri"],
+                             f"{remixit['si_snri']:.2f} dB vs {start['label']} "
+                             f"{start['si_snri']:.2f} dB")
+                      if start else _claim(text, None, "needs its evaluated teacher"))
+    selfremix = _row(rows, "self_remixing")
+    if selfremix is not None:
+        text = ("Self-Remixing (Saijo & Ogawa, ICASSP 2023) beats MixIT (the teacher's top-k) "
+                "and RemixIT")
+        others = [r for r in (teacher, remixit) if r is not None]
+        claims.append(_claim(
+            text, all(selfremix["si_snri"] > r["si_snri"] for r in others),
+            f"{selfremix['si_snri']:.2f} dB vs " + ", ".join(
+                f"{r['label']} {r['si_snri']:.2f} dB" for r in others))
+            if teacher is not None else _claim(text, None, "needs an evaluated MixIT teacher"))
     return claims
 
 
@@ -440,13 +526,45 @@ def _markdown(rows: list[dict[str, Any]], claims: list[dict[str, Any]], plots: l
             )
     else:
         lines.append("No evaluated systems yet (RUN/eval/*.json is empty).")
-    lines += ["", "## The paper's claims, as measured here", ""]
+    methods = method_rows(rows)
+    if any(r["kind"] in METHOD_NAMES for r in methods):
+        lines += ["", *_methods_markdown(methods, k)]
+    lines += ["", "## The papers' claims, as measured here", ""]
     for c in claims:
         lines.append(f"- **{c['status']}**: {c['claim']}. ({c['detail']})")
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.stem}]({p.relative_to(run_dir).as_posix()})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _methods_markdown(methods: list[dict[str, Any]], k: int) -> list[str]:
+    """The methods table: every system on every test set, whether it over-separates, its
+    gain over the MixIT teacher's top-k outputs, the labels it used and its whole time."""
+    sets = list(dict.fromkeys(name for r in methods for name in r["sets"]))
+    lines = [
+        "## Mixture-only methods side by side", "",
+        f"Top-{k} scoring on every test set. Over-separates: the oracle grouping beats top-k "
+        f"by >= {OVERSEPARATION_GAP_DB} dB on >= {OVERSEPARATION_SHARE:.0%} of mixtures with "
+        f"more than {k} active outputs (k-output systems cannot). Time: the whole pipeline "
+        "up to the system.", "",
+        "| Method | labelled mixtures | test SI-SNRi / SDRi | "
+        + "".join(f"{name} SI-SNRi / SDRi | " for name in sets)
+        + "vs MixIT top-k | active outputs | over-separates | time |",
+        "|---|---:|---:|" + "---:|" * len(sets) + "---:|---:|---|---|",
+    ]
+    verdict = {True: "yes", False: "no", None: f"- ({k} outputs)"}
+    for r in methods:
+        other = "".join(f"{_num(r['sets'][n]['si_snri'])} / {_num(r['sets'][n]['sdri'])} | "
+                        if n in r["sets"] else "- | " for n in sets)
+        gain = "-" if r["vs_teacher_db"] is None else f"{r['vs_teacher_db']:+.2f}"
+        active = ("-" if r["active_outputs"] is None
+                  else f"{r['active_outputs']:.2f} / {r['n_outputs']}")
+        lines.append(
+            f"| {r['label']} | {_num(r['labelled_mixtures'], 'd')} | {_num(r['si_snri'])} / "
+            f"{_num(r['sdri'])} | {other}{gain} | {active} | {verdict[r['over_separates']]} "
+            f"| {_duration(r['total_seconds'])} |")
+    return lines
 
 
 def write_report(
@@ -462,7 +580,7 @@ def write_report(
     rows = table_rows(run)
     for other in compare or []:
         rows += table_rows(load_run(Path(other)), run_name=Path(other).name)
-    claims = check_claims(rows)
+    claims = check_claims(rows) + check_method_claims(rows)
     k = rows[0]["k"] if rows else 2
     plot_dir = run_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -474,7 +592,8 @@ def write_report(
     ]
     plots = [p for p in plots if p is not None]
     write_json_atomic(run_dir / "report.json", {
-        "run_dir": str(run_dir), "k": k, "rows": rows, "claims": claims,
+        "run_dir": str(run_dir), "k": k, "rows": rows, "methods": method_rows(rows),
+        "claims": claims,
         "plots": [p.relative_to(run_dir).as_posix() for p in plots],
     })
     report = run_dir / "report.md"
