@@ -168,3 +168,26 @@ def test_onnx_export_matches_pytorch(tmp_path, n_channels):
         np.testing.assert_allclose(got, model.eval()(x).numpy(), atol=1e-4)
     meta = session.get_modelmeta().custom_metadata_map
     assert meta["sample_rate"] == str(SR) and meta["n_outputs"] == "2"
+
+
+def test_the_name_pretrained_loads_the_shipped_folder(tmp_path, saved, monkeypatch):
+    from tsmixit import model_files
+
+    model, folder = saved
+    monkeypatch.chdir(tmp_path)  # no file called "pretrained" here
+    shipped = tmp_path / "package" / "pretrained"
+    monkeypatch.setattr(model_files, "PRETRAINED_DIR", shipped)
+    with pytest.raises(ModelFileError, match="no pretrained model ships.*make pretrain"):
+        load_model("pretrained")
+    shutil.copytree(folder, shipped)
+    x = torch.randn(1, 2001)
+    with torch.inference_mode():
+        assert torch.equal(package_load_model("pretrained").model(x), model.eval()(x))
+    # A damaged package: the weights no longer match the hash in config.json.
+    weights = shipped / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ModelFileError, match="damaged: reinstall tsmixit"):
+        load_model("pretrained")
+    # A folder of that name in the working directory comes first.
+    shutil.copytree(folder, tmp_path / "pretrained")
+    assert load_model("pretrained").n_outputs == 3

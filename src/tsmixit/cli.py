@@ -132,6 +132,10 @@ def _recipe_summary(summary: dict, wall_seconds: float) -> str:
     return "\n".join(lines)
 
 
+MODEL_HELP = ("a model folder (RUN/model), its config.json, a .ckpt checkpoint, or "
+              "'pretrained' (the separator shipped in the package)")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tsmixit.evaluation.evaluate import evaluate_path
 
@@ -229,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(func=cmd_pretrain)
 
     evaluate = sub.add_parser("evaluate", help="SI-SNRi/SDRi of a model on a test set")
-    evaluate.add_argument("--model", required=True, type=Path)
+    evaluate.add_argument("--model", required=True, type=Path, help=MODEL_HELP)
     evaluate.add_argument("--data", required=True, type=Path, help="manifest or WSJ0-2mix folder")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--k", type=int, default=2, help="number of reference sources")
@@ -243,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     separate = sub.add_parser("separate", help="separate audio files or folders")
-    separate.add_argument("--model", required=True, type=Path)
+    separate.add_argument("--model", required=True, type=Path, help=MODEL_HELP)
     separate.add_argument("inputs", nargs="+", type=Path)
     separate.add_argument("--out", required=True, type=Path)
     separate.add_argument("--chunk-seconds", type=float, default=8.0)
@@ -261,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="export a model to ONNX")
-    export.add_argument("--model", required=True, type=Path)
+    export.add_argument("--model", required=True, type=Path, help=MODEL_HELP)
     export.add_argument("--onnx", required=True, type=Path)
     export.set_defaults(func=cmd_export)
     return parser

@@ -8,6 +8,11 @@ safetensors is a plain tensor container, and a Lightning ``.ckpt`` is read only 
 `tsmixit.training.checkpoints` through ``torch.load(weights_only=True)``, whose restricted
 unpickler refuses any object that is not a tensor or a plain container, so a crafted file
 cannot run code. Every loader returns a `tsmixit.inference.Separator`.
+
+The separator that ships inside the package (``tsmixit/pretrained/``: model.safetensors,
+config.json and its MODEL_CARD.md, made by ``tsmixit pretrain``) loads by the name
+``pretrained`` wherever a model path is taken (``--model pretrained``, ``load_model``); a
+file or folder of that name in the working directory comes first.
 """
 
 import hashlib
@@ -33,6 +38,8 @@ CONFIG_NAME = "config.json"
 FORMAT = "tsmixit-model"
 FORMAT_VERSION = 1
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
+PRETRAINED_NAME = "pretrained"
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 
 def _model_class(name: str) -> type[nn.Module]:
@@ -131,9 +138,11 @@ def _load_folder(folder: Path) -> Separator:
             raise ModelFileError(f"{config_path}: missing key {key!r}; re-export the model.")
     expected = config.get("weights_sha256")
     if expected and _sha256(weights_path) != expected:
+        fix = ("the package's pretrained model is damaged: reinstall tsmixit (pip install "
+               "--force-reinstall tsmixit)" if folder == PRETRAINED_DIR
+               else "the folder mixes files of two exports: re-export the model")
         raise ModelFileError(
-            f"{weights_path}: does not match {config_path} (SHA-256 differs); the folder "
-            "mixes files of two exports: re-export the model."
+            f"{weights_path}: does not match {config_path} (SHA-256 differs); {fix}."
         )
     try:
         state = load_file(str(weights_path))
@@ -184,16 +193,32 @@ def inference_device(name: str = "auto") -> torch.device:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Separator:
-    """Load a separator from a model folder, its config.json or model.safetensors, or a
-    weights-only Lightning checkpoint (.ckpt/.pt/.pth) onto `device`. Never runs pickled
-    code. Raises ModelFileError for anything that is not a tsmixit model.
+    """Load a separator from a model folder, its config.json or model.safetensors, a
+    weights-only Lightning checkpoint (.ckpt/.pt/.pth) or the name ``pretrained`` (the model
+    shipped in the package) onto `device`. Never runs pickled code. Raises ModelFileError
+    for anything that is not a tsmixit model.
     """
     separator = _load_any(Path(path))
     separator.model.to(device)
     return separator
 
 
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """`path`, or for the name ``pretrained`` (when no such file is here) the package's
+    shipped model folder. ModelFileError when the name is asked for and none ships."""
+    path = Path(path)
+    if path.exists() or str(path) != PRETRAINED_NAME:
+        return path
+    if not (PRETRAINED_DIR / CONFIG_NAME).is_file():
+        raise ModelFileError(
+            f"no pretrained model ships with this tsmixit ({PRETRAINED_DIR} holds no "
+            f"{CONFIG_NAME}); train one with `make pretrain` (tsmixit pretrain --config "
+            "configs/pretrain.yaml) and pass --model runs/pretrain/model.")
+    return PRETRAINED_DIR
+
+
 def _load_any(path: Path) -> Separator:
+    path = resolve_model_path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: does not exist; pass a model folder (config.json + "
                              f"{WEIGHTS_NAME}) or a .ckpt checkpoint.")
