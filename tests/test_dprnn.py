@@ -1,11 +1,8 @@
-"""DPRNN: the published size, its layer sizes, chunking, toy training."""
-
-import math
+"""DPRNN: the published size, its layer sizes, chunking (toy training: test_separators.py)."""
 
 import pytest
 import torch
 
-from tsmixit.losses import pit, si_snr
 from tsmixit.models.dprnn import DPRNN, PRESETS, overlap_add, segment
 
 
@@ -49,33 +46,3 @@ def test_every_frame_lies_in_two_chunks(frames):
     assert chunks.shape[2] == 10
     torch.testing.assert_close(overlap_add(chunks, frames), 2 * f)
 
-
-def two_tones(batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
-    """(batch, 2, length): a low tone (200-400 Hz) and a high tone (1.5-2.5 kHz) at 8 kHz."""
-    t = torch.arange(length) / 8000
-    low = 200 + 200 * torch.rand(batch, 1, generator=generator)
-    high = 1500 + 1000 * torch.rand(batch, 1, generator=generator)
-    phase = 2 * math.pi * torch.rand(batch, 2, 1, generator=generator)
-    amp = 0.5 + torch.rand(batch, 2, 1, generator=generator)
-    freqs = torch.cat([low, high], dim=1).unsqueeze(-1)  # (batch, 2, 1)
-    return amp * torch.sin(2 * math.pi * freqs * t + phase)
-
-
-def test_training_on_two_tones_reduces_the_loss():
-    # 150 steps, batch 4 x 0.25 s: the test mixtures' SI-SNR rises by well over 10 dB.
-    model = DPRNN.from_preset("tiny")
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    test = two_tones(8, 2000, torch.Generator().manual_seed(1))
-    mixture = test.sum(dim=1)
-    baseline = si_snr(mixture.unsqueeze(1).expand_as(test), test).mean()
-    for _ in range(150):
-        sources = two_tones(4, 2000, g)
-        loss, _ = pit(model(sources.sum(dim=1)), sources)
-        optimizer.zero_grad()
-        loss.mean().backward()
-        optimizer.step()
-    with torch.no_grad():
-        test_loss, _ = pit(model.eval()(mixture), test)
-    gain = -test_loss.mean() - baseline
-    assert gain > 10.0, (float(baseline), float(gain))

@@ -1,4 +1,5 @@
-"""TF-GridNet: the published size, the STFT, multi-microphone input, toy training."""
+"""TF-GridNet: the published size, the STFT, multi-microphone input (toy training:
+test_separators.py)."""
 
 import math
 
@@ -7,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from tsmixit.errors import AudioError
-from tsmixit.losses import pit, si_snr
 from tsmixit.models.tf_gridnet import STFT, TFGridNet
 
 
@@ -98,38 +98,3 @@ def test_output_scales_with_the_input():
         torch.testing.assert_close(model(100 * x), 100 * model(x), rtol=1e-4, atol=1e-4)
         assert torch.isfinite(model(torch.zeros(1, 500))).all()
 
-
-def two_tones(batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
-    """(batch, 2, length): a low tone (200-400 Hz) and a high tone (1.5-2.5 kHz) at 8 kHz."""
-    t = torch.arange(length) / 8000
-    low = 200 + 200 * torch.rand(batch, 1, generator=generator)
-    high = 1500 + 1000 * torch.rand(batch, 1, generator=generator)
-    phase = 2 * math.pi * torch.rand(batch, 2, 1, generator=generator)
-    amp = 0.5 + torch.rand(batch, 2, 1, generator=generator)
-    freqs = torch.cat([low, high], dim=1).unsqueeze(-1)  # (batch, 2, 1)
-    return amp * torch.sin(2 * math.pi * freqs * t + phase)
-
-
-def test_training_on_two_tones_reduces_the_loss():
-    # 150 steps, batch 4 x 0.25 s: the test mixtures' SI-SNR rises by more than 5 dB (about
-    # 8 dB measured: the complex spectral mapping starts from nothing and learns slower
-    # than the time-domain models' masks).
-    model = TFGridNet.from_preset("tiny")
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    test = two_tones(8, 2000, torch.Generator().manual_seed(1))
-    mixture = test.sum(dim=1)
-    baseline = si_snr(mixture.unsqueeze(1).expand_as(test), test).mean()
-    first = None
-    for _ in range(150):
-        sources = two_tones(4, 2000, g)
-        loss, _ = pit(model(sources.sum(dim=1)), sources)
-        first = loss.mean().item() if first is None else first
-        optimizer.zero_grad()
-        loss.mean().backward()
-        optimizer.step()
-    with torch.no_grad():
-        test_loss, _ = pit(model.eval()(mixture), test)
-    gain = -test_loss.mean() - baseline
-    assert gain > 5.0, (float(baseline), float(gain))
-    assert loss.mean().item() < first - 5.0
