@@ -171,12 +171,12 @@ def test_onnx_export_matches_pytorch(tmp_path, n_channels):
 
 
 def test_the_name_pretrained_loads_the_shipped_folder(tmp_path, saved, monkeypatch):
-    from tsmixit import model_files
+    from tsmixit.models import folder as model_folder
 
     model, folder = saved
     monkeypatch.chdir(tmp_path)  # no file called "pretrained" here
     shipped = tmp_path / "package" / "pretrained"
-    monkeypatch.setattr(model_files, "PRETRAINED_DIR", shipped)
+    monkeypatch.setattr(model_folder, "PRETRAINED_DIR", shipped)
     with pytest.raises(ModelFileError, match="no pretrained model ships.*make pretrain"):
         load_model("pretrained")
     shutil.copytree(folder, shipped)

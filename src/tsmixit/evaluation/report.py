@@ -48,6 +48,8 @@ def system_name(summary: dict[str, Any]) -> str | None:
     if kind == "supervised":
         return ("Supervised PIT, 100 % labels" if summary.get("labels") == "all"
                 else "Supervised PIT, labelled fraction only")
+    if kind == "pretrained":
+        return "Pretrained separator, not adapted"
     if kind == "teacher":
         return "MixIT teacher"
     if kind == "student":
@@ -60,8 +62,10 @@ def system_name(summary: dict[str, Any]) -> str | None:
 
 
 def table_order(summary: dict[str, Any]) -> tuple[int, int]:
-    """Baselines first, then the TS-MixIT chain and the other methods in plan order."""
-    return (0 if summary.get("kind") == "supervised" else 1, int(summary.get("order", 0)))
+    """Baselines (the pretrained model, supervised training) first, then the TS-MixIT
+    chain and the other methods, in plan order."""
+    baseline = summary.get("kind") in ("pretrained", "supervised")
+    return (0 if baseline else 1, int(summary.get("order", 0)))
 
 
 def _with_upstream(summaries: dict[str, dict[str, Any]], stage: str) -> list[str]:

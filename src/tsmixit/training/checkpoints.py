@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from tsmixit.errors import CheckpointError
+from tsmixit.models.folder import read_model_folder
 from tsmixit.models.registry import DEFAULT_ARCH, build_separator
 from tsmixit.training.systems import HPARAMS_KEY, MODEL_PREFIX
 
@@ -54,8 +55,10 @@ def checkpoint_model(ckpt: dict, path: str | Path
 
 
 def load_separator(path: str | Path, ckpt: dict | None = None) -> nn.Module:
-    """The separator of a training checkpoint (`ckpt`: the checkpoint, if already loaded),
-    in eval mode."""
+    """The separator of a training checkpoint (`ckpt`: the checkpoint, if already loaded)
+    or of a model folder (a pretrained stage's model), in eval mode."""
+    if ckpt is None and Path(path).is_dir():
+        return read_model_folder(Path(path))[0]
     arch, hparams, state = checkpoint_model(load_checkpoint(path) if ckpt is None else ckpt,
                                             path)
     model = build_separator(arch, **hparams)

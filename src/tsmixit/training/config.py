@@ -46,6 +46,10 @@ class ModelConfig:
     # The teacher's MixIT loss: "exact" scores all 2^M assignments, "least_squares" one
     # projected least-squares assignment (Wisdom et al., WASPAA 2021; for M = 8 or 16).
     mixit: Literal["exact", "least_squares"] = "exact"
+    # A model every stage that would start from random weights starts from instead (every
+    # tensor whose shape fits): a model folder (RUN/model), or "pretrained" (the separator
+    # shipped in the package). The report then scores it alone too ("pretrained" stage).
+    init: str | None = None
     # "all": a multi-channel model sees every microphone; "reference": microphone 0 only;
     # "both": all microphones in RUN, plus the same recipe on microphone 0 in RUN/mic0 (the
     # single- vs multi-channel comparison of the report).
@@ -144,7 +148,9 @@ class SemiMixITStage(StageBudget):
     all training mixtures plus PIT on the true sources of the labelled fraction, in one batch."""
 
     enabled: bool = False
-    # Share of each batch that is labelled mixtures (PIT on their sources); the rest are MoMs.
+    # Share of each batch that is labelled mixtures (PIT on their sources, padded with zero
+    # references to M); the rest are MoMs. Rounded half up, at least one row of each kind
+    # the share asks for (training/stages/semi_mixit.py).
     labelled_share: float = 0.5
     # Weight of the supervised (PIT) term against the MixIT term.
     supervised_weight: float = 1.0
@@ -158,7 +164,12 @@ class SparseMixITStage(StageBudget):
     enabled: bool = False
     outputs: int = 8  # M
     mixit: Literal["exact", "least_squares"] = "least_squares"
-    sparsity_weight: float = 0.1
+    # lambda of L_sparse = |r|_1 / |r|_2 (losses.sparsity_loss). The paper sweeps it; its
+    # values could not be read here. 2.875 is the one public recipe's (Saijo's
+    # kohei0209/self-remixing, FUSS, M = 8: 23 on |r|_1 / (M |r|_2)), on the same dB scale.
+    sparsity_weight: float = 2.875
+    # lambda of L_cov (losses.covariance_loss); off: the paper's best systems add the
+    # sparsity loss only (its abstract).
     covariance_weight: float = 0.0
 
 
@@ -171,10 +182,14 @@ class RemixITStage(StageBudget):
     # The teacher it starts from: the MixIT teacher (its top-k outputs) or the supervised
     # baseline trained on the labelled fraction.
     teacher: Literal["teacher", "supervised_fraction"] = "teacher"
-    # "ema": teacher <- gamma * teacher + (1 - gamma) * student every step; "replace": the
-    # teacher becomes the student every `replace_every` steps; "frozen": never updated.
+    # "ema": teacher <- gamma * teacher + (1 - gamma) * student every `ema_every` steps (None:
+    # once per epoch); "replace": the teacher becomes the student every `replace_every`
+    # steps; "frozen": never updated. Defaults of the authors' code (etzinis/
+    # unsup_speech_enh_adaptation README: --teacher_momentum 0.99 --n_epochs_teacher_update 1
+    # --initialize_student_from_checkpoint, the student starting from the teacher).
     teacher_update: Literal["ema", "replace", "frozen"] = "ema"
     ema_gamma: float = 0.99
+    ema_every: int | None = None
     replace_every: int | None = None
     init: Literal["teacher", "scratch"] = "teacher"
 
@@ -186,7 +201,12 @@ class SelfRemixingStage(StageBudget):
     remixes its estimates back into the observed mixtures, which supervise it."""
 
     enabled: bool = False
-    ema_gamma: float = 0.99
+    # shuffler <- gamma * shuffler + (1 - gamma) * solver every `ema_every` steps (None: once
+    # per epoch); the solver starts from the MixIT teacher. Defaults of the authors' code
+    # (kohei0209/self-remixing configs: teacher_update weight 0.8, update_timing epoch,
+    # solver and shuffler both loaded from the MixIT model).
+    ema_gamma: float = 0.8
+    ema_every: int | None = None
     init: Literal["teacher", "scratch"] = "teacher"
 
 
@@ -477,6 +497,13 @@ def _check_methods(config: RecipeConfig) -> None:
                               f"got {value!r}")
 
     within("stages.semi_mixit.labelled_share", s.semi_mixit.labelled_share, 0.0, 1.0, True)
+    if s.semi_mixit.enabled and 0 < s.semi_mixit.labelled_share < 1 and (
+            config.data.batch_size < 2):
+        raise ConfigError(
+            "config key 'stages.semi_mixit.labelled_share' "
+            f"({s.semi_mixit.labelled_share}) asks for labelled rows and mixtures of mixtures "
+            f"in every batch, which needs data.batch_size >= 2 (got {config.data.batch_size}); "
+            "raise data.batch_size or set the share to 0 or 1")
     for key, value in (("stages.semi_mixit.supervised_weight", s.semi_mixit.supervised_weight),
                        ("stages.sparse_mixit.sparsity_weight", s.sparse_mixit.sparsity_weight),
                        ("stages.sparse_mixit.covariance_weight",
@@ -490,9 +517,11 @@ def _check_methods(config: RecipeConfig) -> None:
             f"{s.sparse_mixit.outputs}")
     within("stages.remixit.ema_gamma", s.remixit.ema_gamma, 0.0, 1.0, False)
     within("stages.self_remixing.ema_gamma", s.self_remixing.ema_gamma, 0.0, 1.0, False)
-    if s.remixit.replace_every is not None and s.remixit.replace_every <= 0:
-        raise ConfigError("config key 'stages.remixit.replace_every' must be positive, got "
-                          f"{s.remixit.replace_every!r}")
+    for key, every in (("stages.remixit.replace_every", s.remixit.replace_every),
+                       ("stages.remixit.ema_every", s.remixit.ema_every),
+                       ("stages.self_remixing.ema_every", s.self_remixing.ema_every)):
+        if every is not None and every <= 0:
+            raise ConfigError(f"config key {key!r} must be positive (steps), got {every!r}")
     if s.remixit.teacher_update == "replace" and s.remixit.replace_every is None:
         raise ConfigError("config key 'stages.remixit.replace_every' must be set (steps) when "
                           "stages.remixit.teacher_update is 'replace'")
@@ -517,6 +546,12 @@ def _check_model(config: RecipeConfig) -> None:
             f"config key 'model.preset' must be one of {', '.join(cls.presets)} for "
             f"model.arch={m.arch!r}, got {m.preset!r}"
         )
+    if m.init is not None:
+        from tsmixit.models.folder import resolve_model_path
+
+        if not resolve_model_path(m.init).is_dir():
+            raise ConfigError(f"config key 'model.init': {m.init} is not a model folder; give "
+                              "one (RUN/model, or `tsmixit export`) or 'pretrained'")
     known = set(inspect.signature(cls.__init__).parameters) - {"self"}
     for key in m.options:
         if key not in known:

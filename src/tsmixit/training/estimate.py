@@ -8,6 +8,8 @@ of each on a second of audio; then, per stage still to run,
                  or max_minutes x 60 s / t_step
     validation = (steps / val_every) x seconds of validation audio x t_forward per second
     labelling  = seconds of audio labelled x t_forward per second (the teacher)
+    remixing   = steps x batch x segment seconds x t_forward per second (RemixIT's teacher,
+                 Self-Remixing's shuffler), on top of training
 
 Evaluation and corpus building are left out. The numbers are the machine's own: on a slower
 machine of the same kind the same budgets take longer, and the estimate says so up front.
@@ -28,6 +30,10 @@ from tsmixit.training.plan import Stage, label_mode
 
 #: Steps timed per system kind, after one warm-up step.
 TIMED_STEPS = 3
+#: Stage kinds timed as the teacher (M outputs, MixIT on mixtures of mixtures); the others
+#: as the k-output PIT separator, the remixing ones plus a teacher forward per batch.
+MIXIT_KINDS = ("teacher", "semi_mixit", "sparse_mixit")
+REMIXING_KINDS = ("remixit", "self_remixing")
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ def _measure(ctx: StageContext, kind: str, device: torch.device) -> tuple[float,
 def estimate(ctx: StageContext, stages: list[Stage]) -> Estimate:
     """Measure this machine and estimate the seconds of `stages` (those still to run)."""
     device = _device(ctx)
-    kinds = {"teacher"} | {"student" for st in stages if st.kind != "teacher"}
+    kinds = {"teacher"} | {"student" for st in stages if st.kind not in MIXIT_KINDS}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         measured = {kind: _measure(ctx, kind, device) for kind in sorted(kinds)}
     step_s = {k: v[0] for k, v in measured.items()}
@@ -115,7 +121,10 @@ def estimate(ctx: StageContext, stages: list[Stage]) -> Estimate:
             labeller = "teacher" if stage.round == 0 else "student"
             out[stage.name] = label_audio * forward_s[labeller] if on_disk else 0.0
             continue
-        kind = "teacher" if stage.kind == "teacher" else "student"
+        if stage.budget is None:  # trains nothing (a pretrained model)
+            out[stage.name] = 0.0
+            continue
+        kind = "teacher" if stage.kind in MIXIT_KINDS else "student"
         budget = ctx.budget(stage)
         if budget.max_steps is not None:
             steps = float(budget.max_steps)
@@ -124,5 +133,8 @@ def estimate(ctx: StageContext, stages: list[Stage]) -> Estimate:
         else:
             steps = budget.max_minutes * 60 / step_s[kind]
         validation = steps / t.val_every * valid_audio * forward_s[kind]
-        out[stage.name] = steps * step_s[kind] + validation
+        # A remixing student's step also runs its teacher on the batch (B x segment s).
+        remix = (forward_s["teacher"] * d.batch_size * d.segment_seconds
+                 if stage.kind in REMIXING_KINDS else 0.0)
+        out[stage.name] = steps * (step_s[kind] + remix) + validation
     return Estimate(step_s, forward_s, out)

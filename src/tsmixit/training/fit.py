@@ -21,17 +21,19 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
 from torch.utils.data import Dataset
 
 from tsmixit.data.datasets import LabelledDataset
+from tsmixit.errors import TrainingError
 from tsmixit.models.registry import separator_class
-from tsmixit.training.checkpoints import load_checkpoint
+from tsmixit.training.checkpoints import load_checkpoint, load_separator
 from tsmixit.training.config import Budget, RecipeConfig, stage_budget
 from tsmixit.training.datamodule import StageData
 from tsmixit.training.plan import Stage
 from tsmixit.training.run_folder import keep_metrics, merge_metrics
 from tsmixit.training.splits import Splits
-from tsmixit.training.systems import PITSeparator
+from tsmixit.training.systems import PITSeparator, init_from_teacher
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,8 @@ def fit(ctx: StageContext, stage: Stage, folder: Path, system: L.LightningModule
         resume_from = str(last_path)
         keep_metrics(folder)
         log.info("[%s] resuming from %s (step %d)", stage.name, last_path, resumed_step)
+    elif stage.init is not None:
+        start_from(stage, system.model, load_separator(ctx.checkpoint(stage.init)))
     run = trainer(ctx.config, folder, budget, callbacks)
     run.fit(system, datamodule=data, ckpt_path=resume_from, weights_only=True)
     run.save_checkpoint(last_path, weights_only=False)  # optimizer and loops too
@@ -210,6 +214,19 @@ def fit(ctx: StageContext, stage: Stage, folder: Path, system: L.LightningModule
         "labelled_mixtures": len(data.train_set.manifest) if stage.labels != "none" else 0,
         "training_mixtures": len(data.train_set.manifest),
     }
+
+
+def start_from(stage: Stage, model: nn.Module, init: nn.Module) -> None:
+    """Initialise `model` from `init`, the model of the stage ``stage.init`` (every tensor
+    whose shape fits, `init_from_teacher`); TrainingError when nothing fits."""
+    untouched = init_from_teacher(model, init)
+    if len(untouched) == len(model.state_dict()):
+        raise TrainingError(
+            f"[{stage.name}] no tensor of {stage.init}'s {type(init).__name__} fits this "
+            f"stage's {type(model).__name__}; set model.arch and model.preset to the ones of "
+            "the model it starts from")
+    if untouched:
+        log.info("[%s] initialised from %s except %s", stage.name, stage.init, untouched)
 
 
 def summary_line(summary: dict) -> str:

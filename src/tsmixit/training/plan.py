@@ -1,5 +1,9 @@
 """The stage plan of a TS-MixIT recipe (Zhang et al., Interspeech 2021) and its fingerprints.
 
+With ``model.init`` (a pretrained separator), a stage "pretrained" comes first: it trains
+nothing, it names the model (scored alone in the report), and every stage that would start
+from random weights starts from it.
+
 Round 0 is the first pass: teacher (MixIT, M outputs) -> label (its k most energetic
 outputs per training mixture) -> student (PIT on those, k outputs) -> finetune (PIT on the
 labelled fraction). Distillation round r >= 1 makes the previous round's last model the
@@ -21,8 +25,8 @@ from tsmixit.errors import ConfigError
 from tsmixit.training.config import RecipeConfig, stage_budget
 from tsmixit.training.run_folder import stable_hash
 
-StageKind = Literal["teacher", "label", "student", "finetune", "supervised", "semi_mixit",
-                    "sparse_mixit", "remixit", "self_remixing"]
+StageKind = Literal["pretrained", "teacher", "label", "student", "finetune", "supervised",
+                    "semi_mixit", "sparse_mixit", "remixit", "self_remixing"]
 Labels = Literal["none", "fraction", "all"]
 
 #: Keys that change how a stage runs, not what it computes: outside every fingerprint.
@@ -48,7 +52,8 @@ class Stage:
     budget: the ``stages.<budget>`` section holding its budget and learning rate.
     teacher: the stage whose model labels the mixtures (label) or the student's teacher.
     labels_from: the label stage whose pseudo-targets a student learns.
-    init: the stage whose weights it starts from (None: random initialisation).
+    init: the stage whose weights it starts from (None: random initialisation), every
+        tensor whose shape fits (`tsmixit.training.fit.fit` copies them before training).
     labels: which true sources it trains on.
     sections: the config it reads beyond the shared sections (part of its fingerprint).
     """
@@ -112,11 +117,19 @@ def _stages(config: RecipeConfig) -> list[Stage]:
     s = config.stages
     label_sections = {"label": s.label, "mode": label_mode(config)}
     plan: list[Stage] = []
+    pretrained = None
 
     def add(name: str, kind: StageKind, round_: int | None, **fields: Any) -> str:
+        if fields.get("budget") and fields.get("init") is None:
+            fields["init"] = pretrained  # None without model.init: random weights
         plan.append(Stage(name, kind, round_, len(plan), **fields))
         return name
 
+    if config.model.init is not None:
+        from tsmixit.models.folder import model_digest
+
+        pretrained = add("pretrained", "pretrained", None,
+                         sections={"model": model_digest(config.model.init)})
     teacher = teacher_0 = add("teacher", "teacher", 0, budget="teacher",
                               sections={"teacher": s.teacher})
     labels = add("label", "label", 0, teacher=teacher, sections=label_sections)

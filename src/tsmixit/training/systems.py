@@ -44,9 +44,10 @@ def model_input(mixture: Tensor, n_channels: int, stage: str) -> Tensor:
 
 
 def init_from_teacher(student: nn.Module, teacher: nn.Module) -> list[str]:
-    """Copy the teacher's weights into the student: every tensor of equal shape, and for the
-    mask layer (n_sources * N rows, output-major) the rows of the teacher's first k outputs.
-    Returns the names of tensors left at their random initialisation."""
+    """Copy the teacher's weights into the student: every tensor of equal shape, and for
+    the output layers (n_sources * N rows, output-major) the rows of the first
+    min(k_teacher, k_student) outputs (the rest of a wider student's rows keep their random
+    initialisation). Returns the names of tensors left wholly at their initialisation."""
     source = teacher.state_dict()
     target = student.state_dict()
     untouched = []
@@ -57,7 +58,9 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> list[str]:
         elif theirs is not None and theirs.shape[1:] == value.shape[1:] and (
             theirs.shape[0] // teacher.n_sources * student.n_sources == value.shape[0]
         ):
-            target[name] = theirs[: value.shape[0]].clone()
+            rows = min(theirs.shape[0], value.shape[0])
+            target[name] = value.clone()
+            target[name][:rows] = theirs[:rows]
         else:
             untouched.append(name)
     student.load_state_dict(target)

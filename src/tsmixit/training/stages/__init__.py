@@ -8,9 +8,17 @@ from pathlib import Path
 
 from tsmixit.training.fit import StageContext
 from tsmixit.training.plan import Stage
-from tsmixit.training.stages import finetune, label, student, supervised, teacher
+from tsmixit.training.stages import (
+    finetune,
+    label,
+    pretrained,
+    student,
+    supervised,
+    teacher,
+)
 
 RUNNERS: dict[str, Callable[[Stage, StageContext, Path], dict]] = {
+    "pretrained": pretrained.run,
     "teacher": teacher.run,
     "label": label.run,
     "student": student.run,

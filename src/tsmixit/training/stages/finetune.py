@@ -8,10 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tsmixit.data.datasets import LabelledDataset
-from tsmixit.training.checkpoints import load_separator
 from tsmixit.training.fit import StageContext, fit, pit_separator, stage_data
 from tsmixit.training.plan import Stage
-from tsmixit.training.stages.student import start_from
 
 
 def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
@@ -19,7 +17,5 @@ def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
     segment = ctx.splits.frames(cfg.data.segment_seconds)
     train = LabelledDataset(ctx.splits.labelled_train, segment, seed=cfg.train.seed,
                             reference_only=ctx.reference_only)
-    previous = load_separator(ctx.checkpoint(stage.init))
     system, valid, monitor = pit_separator(ctx, stage)
-    start_from(stage, system, previous)
     return fit(ctx, stage, folder, system, stage_data(ctx, train, valid), monitor)

@@ -7,7 +7,6 @@ model, and ``stages.distill.init`` says whether the student starts from its weig
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from tsmixit.data.datasets import LabelledDataset, SegmentDataset
@@ -15,9 +14,6 @@ from tsmixit.data.manifest import Manifest
 from tsmixit.training.checkpoints import load_separator
 from tsmixit.training.fit import StageContext, fit, pit_separator, stage_data
 from tsmixit.training.plan import Stage
-from tsmixit.training.systems import PITSeparator, init_from_teacher
-
-log = logging.getLogger(__name__)
 
 
 def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
@@ -31,21 +27,11 @@ def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
     else:
         train = SegmentDataset(ctx.splits.unlabelled, segment, seed=cfg.train.seed,
                                reference_only=ctx.reference_only)
-    teacher_path = ctx.checkpoint(stage.teacher)
-    teacher = load_separator(teacher_path)
-    on_the_fly = label["mode"] == "fly"
-    system, valid, monitor = pit_separator(
-        ctx, stage, teacher_hparams=teacher.hparams if on_the_fly else None,
-        teacher_arch=cfg.model.arch)
-    if on_the_fly:
+    if label["mode"] == "fly":
+        teacher = load_separator(ctx.checkpoint(stage.teacher))
+        system, valid, monitor = pit_separator(ctx, stage, teacher_hparams=teacher.hparams,
+                                               teacher_arch=cfg.model.arch)
         system.teacher.load_state_dict(teacher.state_dict())
-    if stage.init is not None:
-        start_from(stage, system, teacher)
+    else:
+        system, valid, monitor = pit_separator(ctx, stage)
     return fit(ctx, stage, folder, system, stage_data(ctx, train, valid), monitor)
-
-
-def start_from(stage: Stage, system: PITSeparator, model) -> None:
-    """Initialise the system's separator from `model` (every tensor whose shape fits)."""
-    untouched = init_from_teacher(system.model, model)
-    if untouched:
-        log.info("[%s] initialised from %s except %s", stage.name, stage.init, untouched)
