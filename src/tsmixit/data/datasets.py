@@ -170,6 +170,92 @@ class LabelledDataset(_ManifestDataset):
                 "sources": torch.from_numpy(_pad(s, self.segment_frames))}
 
 
+class SemiSupervisedBatches(Dataset):
+    """Whole training batches of semi-supervised MixIT (Wisdom et al., NeurIPS 2020), so
+    that every batch holds exactly the proportion asked for: item i is batch i of the
+    epoch (a loader of batch size 1 delivers it), made of `n_mom` mixtures of mixtures
+    x_bar = x1 + x2 of `mixtures` (`MixtureOfMixturesDataset`: every training row, labelled
+    ones included, their mixtures only) followed by `n_labelled` labelled mixtures x of
+    `labelled` with their sources s (`LabelledDataset`: labelled rows only).
+
+    Item: {"mixture": (n_mom + n_labelled, C, T), the MoMs first; "references":
+    (n_mom, 2, T), x1 and x2 at microphone 0; "sources": (n_labelled, S, T) at microphone 0}.
+    An epoch has one MoM per mixture: len(mixtures) // n_mom batches (at least 1; without
+    MoMs, len(labelled) // n_labelled). Its labelled slots, in batch order, run through
+    shuffled passes over the labelled rows, each occurrence with its own crop. Every draw
+    depends on (seed, epoch, position) alone: a batch is the same whatever order, worker or
+    rank asks for it, so a resumed epoch goes on with the batches an uninterrupted one has.
+    """
+
+    def __init__(
+        self,
+        mixtures: Manifest,
+        labelled: Manifest | None,
+        segment_frames: int,
+        n_mom: int,
+        n_labelled: int,
+        seed: int = 0,
+        single_mixture_prob: float = 0.0,
+        reference_only: bool = False,
+    ) -> None:
+        if segment_frames is None or segment_frames <= 0:
+            raise ManifestError("semi-supervised batches need a positive crop length "
+                                f"(data.segment_seconds), got {segment_frames} frames.")
+        if n_mom < 0 or n_labelled < 0 or n_mom + n_labelled == 0:
+            raise ManifestError(f"a batch needs n_mom >= 0 and n_labelled >= 0 examples, not "
+                                f"both 0; got {n_mom} and {n_labelled}.")
+        if n_labelled and labelled is None:
+            raise ManifestError(f"{n_labelled} labelled examples per batch need a labelled "
+                                "manifest; pass the labelled fraction of the training rows.")
+        self.manifest = mixtures
+        self.segment_frames, self.n_mom, self.n_labelled = segment_frames, n_mom, n_labelled
+        self.epoch = 0
+        self.moms = (MixtureOfMixturesDataset(mixtures, segment_frames, seed,
+                                              single_mixture_prob, reference_only)
+                     if n_mom else None)
+        self.labelled = (LabelledDataset(labelled, segment_frames, seed + 1,
+                                         reference_only=reference_only)
+                         if n_labelled else None)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the pairings, labelled passes and crops of `epoch`."""
+        self.epoch = epoch
+        for part in (self.moms, self.labelled):
+            if part is not None:
+                part.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        if self.moms is not None:
+            return max(1, len(self.moms) // self.n_mom)
+        return max(1, len(self.labelled) // self.n_labelled)
+
+    def _labelled_example(self, position: int) -> tuple[Tensor, Tensor]:
+        """(x (C, T), s (S, T)) of the epoch's `position`-th labelled slot: row `slot` of the
+        shuffled pass `cycle` (a 4-word generator key, apart from the 3-word crop keys),
+        cropped by the generator of its position."""
+        part = self.labelled
+        cycle, slot = divmod(position, len(part))
+        order = np.random.default_rng([part.seed, part.epoch, cycle, 0]).permutation(len(part))
+        row = int(order[slot])
+        x, s = part.manifest.load_example(  # (C, T), (S, T)
+            row, False, *part._window(row, part._rng(position)),
+            reference_only=part.reference_only)
+        return (torch.from_numpy(_pad(x, self.segment_frames)),
+                torch.from_numpy(_pad(s, self.segment_frames)))
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        T = self.segment_frames
+        moms = [self.moms[index * self.n_mom + j] for j in range(self.n_mom)]
+        pairs = [self._labelled_example(index * self.n_labelled + j)
+                 for j in range(self.n_labelled)]
+        mixture = torch.stack([m["mixture"] for m in moms] + [x for x, _ in pairs])  # (B, C, T)
+        references = (torch.stack([m["references"] for m in moms]) if moms
+                      else torch.zeros(0, 2, T))  # (n_mom, 2, T)
+        sources = (torch.stack([s for _, s in pairs]) if pairs
+                   else torch.zeros(0, 0, T))  # (n_labelled, S, T)
+        return {"mixture": mixture, "references": references, "sources": sources}
+
+
 def _pad(x: np.ndarray, frames: int | None) -> np.ndarray:
     """Zero-pad (..., T) at the end to `frames` (no-op when None or long enough)."""
     if frames is None or x.shape[-1] >= frames:

@@ -12,6 +12,7 @@ from tsmixit.training.stages import (
     finetune,
     label,
     pretrained,
+    semi_mixit,
     student,
     supervised,
     teacher,
@@ -24,4 +25,5 @@ RUNNERS: dict[str, Callable[[Stage, StageContext, Path], dict]] = {
     "student": student.run,
     "finetune": finetune.run,
     "supervised": supervised.run,
+    "semi_mixit": semi_mixit.run,
 }
