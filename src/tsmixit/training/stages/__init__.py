@@ -13,6 +13,7 @@ from tsmixit.training.stages import (
     label,
     pretrained,
     semi_mixit,
+    sparse_mixit,
     student,
     supervised,
     teacher,
@@ -26,4 +27,5 @@ RUNNERS: dict[str, Callable[[Stage, StageContext, Path], dict]] = {
     "finetune": finetune.run,
     "supervised": supervised.run,
     "semi_mixit": semi_mixit.run,
+    "sparse_mixit": sparse_mixit.run,
 }
