@@ -16,7 +16,7 @@ FLOW = [
     ("data.manifest", "data.render", "data.importers"),
     ("corpus",),
     ("data", "data.datasets"),
-    ("models", "losses", "metrics"),
+    ("models", "losses", "metrics", "remixing"),
     ("training",),
     ("model_files", "inference"),
     ("evaluation",),

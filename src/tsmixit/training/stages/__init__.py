@@ -12,6 +12,8 @@ from tsmixit.training.stages import (
     finetune,
     label,
     pretrained,
+    remixit,
+    self_remixing,
     semi_mixit,
     sparse_mixit,
     student,
@@ -28,4 +30,6 @@ RUNNERS: dict[str, Callable[[Stage, StageContext, Path], dict]] = {
     "supervised": supervised.run,
     "semi_mixit": semi_mixit.run,
     "sparse_mixit": sparse_mixit.run,
+    "remixit": remixit.run,
+    "self_remixing": self_remixing.run,
 }
