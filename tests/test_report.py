@@ -39,7 +39,7 @@ def _make_run(run, n_channels=1, shift=0.0, systems=SYSTEMS, records=RECORDS):
         (stage / "summary.json").write_text(json.dumps({
             "stage": system, "system": system, "kind": kind, "round": round_, "order": order,
             "labels": labels, "upstream": upstream, "layout": LAYOUT, "train_seconds": seconds,
-            "steps": 100, "labelled_mixtures": 40 if system != "supervised_full" else 400}))
+            "steps": 100, "labelled_mixtures": {"all": 400, "fraction": 40, "none": 0}[labels]}))
         lines = ["epoch,step,train_loss,val_loss,val_si_snri"]
         lines += [f"0,{s},{-s / 10:.2f},,"for s in range(0, 100, 10)]
         lines += ["0,49,,-3.0,2.5", "0,99,,-5.0,4.5"]
@@ -81,7 +81,7 @@ def test_report_from_a_synthetic_run(tmp_path):
     assert by_label["MixIT teacher (oracle grouping into 2)"]["si_snri"] == 7.75
     # Pipeline time: student = teacher 1200 s + student 300 s; fine-tune adds 60 s.
     assert by_label["+ fine-tune"]["total_seconds"] == 1560.0
-    for line in ("| MixIT teacher (top-2) | 1 | 4.00 | 4.80 | 3.00 / 4 | 75% | 40 | 20.0 min |",
+    for line in ("| MixIT teacher (top-2) | 1 | 4.00 | 4.80 | 3.00 / 4 | 75% | 0 | 20.0 min |",
                  "| + fine-tune | 1 | 8.75 | 9.30 | 2.00 / 2 | 0% | 40 | 60 s (26.0 min total) |",
                  "| Supervised PIT, 100 % labels | 1 | 9.50 | 10.10 | 2.00 / 2 | 0% | 400 |"):
         assert line in text, line
@@ -156,8 +156,11 @@ def test_methods_table_and_their_papers_claims(tmp_path):
     assert methods["sparse_mixit"]["vs_teacher_db"] == pytest.approx(1.0)
     assert methods["self_remixing"]["vs_teacher_db"] == pytest.approx(-0.5)
     assert methods["teacher"]["vs_teacher_db"] is None
-    assert "| Sparse MixIT (top-2) | 40 | 5.00 / 5.50 | +1.00 | 2.25 / 4 | no |" in text
-    assert "| RemixIT | 40 | 4.50 / 5.10 | +0.50 | 2.00 / 2 | - (2 outputs) |" in text
+    assert "| Sparse MixIT (top-2) | 0 | 5.00 / 5.50 | +1.00 | 2.25 / 4 | no |" in text
+    # Labelled mixtures used by the whole pipeline: none for RemixIT from the MixIT teacher,
+    # the fraction's 40 for the fine-tuned student (its upstream student used none).
+    assert "| RemixIT | 0 | 4.50 / 5.10 | +0.50 | 2.00 / 2 | - (2 outputs) |" in text
+    assert "| + fine-tune | 40 | 8.75 / 9.30 |" in text
     verdicts = {c["claim"].split(" (")[0]: c["status"] for c in data["claims"]}
     assert verdicts["Sparse MixIT"] == "holds"  # 2.25 < 3.00 active, 5.00 >= 4.00 dB
     assert verdicts["Semi-supervised MixIT"] == "holds"  # 6.00 > 5.25 dB

@@ -162,9 +162,7 @@ def _stages(config: RecipeConfig) -> list[Stage]:
     if s.remixit.enabled:
         start = s.remixit.teacher  # "teacher" or "supervised_fraction", both planned above
         add("remixit", "remixit", None, budget="remixit", teacher=start,
-            init=start if s.remixit.init == "teacher" else None,
-            labels="fraction" if start == "supervised_fraction" else "none",
-            sections={"remixit": s.remixit})
+            init=start if s.remixit.init == "teacher" else None, sections={"remixit": s.remixit})
     if s.self_remixing.enabled:
         add("self_remixing", "self_remixing", None, budget="self_remixing", teacher=teacher_0,
             init=teacher_0 if s.self_remixing.init == "teacher" else None,
