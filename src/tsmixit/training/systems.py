@@ -69,7 +69,8 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> list[str]:
 
 class SeparationSystem(L.LightningModule):
     """Shared parts: the separator, Adam with plateau halving of the learning rate,
-    non-finite loss detection and validation SI-SNRi against true sources.
+    non-finite loss detection and validation SI-SNRi against true sources. Subclasses take
+    their own arguments and pass these on as ``**options`` (Lightning records them all).
 
     The plateau scheduler is stepped here after each validation with the epoch's global
     value (so it follows step-based validation), and its state travels in the checkpoint.
@@ -176,17 +177,10 @@ class MixITTeacher(SeparationSystem):
         k: int = 2,
         snr_max: float = 30.0,
         mixit: Literal["exact", "least_squares"] = "exact",
-        lr: float = 1e-3,
-        plateau_factor: float = 0.5,
-        plateau_patience: int = 3,
-        monitor: str | None = "val_si_snri",
-        stage: str = "teacher",
-        arch: str = "conv_tasnet",
+        **options: Any,
     ) -> None:
-        super().__init__(
-            model_hparams, sample_rate, lr, plateau_factor, plateau_patience, monitor, stage,
-            arch,
-        )
+        options.setdefault("stage", "teacher")
+        super().__init__(model_hparams, sample_rate, **options)
         self.mixit_loss = MIXIT_LOSSES[mixit]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -216,18 +210,11 @@ class PITSeparator(SeparationSystem):
         model_hparams: dict[str, Any],
         sample_rate: int,
         teacher_hparams: dict[str, Any] | None = None,
-        lr: float = 1e-3,
-        plateau_factor: float = 0.5,
-        plateau_patience: int = 3,
-        monitor: str | None = "val_si_snri",
-        stage: str = "student",
-        arch: str = "conv_tasnet",
         teacher_arch: str = "conv_tasnet",
+        **options: Any,
     ) -> None:
-        super().__init__(
-            model_hparams, sample_rate, lr, plateau_factor, plateau_patience, monitor, stage,
-            arch,
-        )
+        options.setdefault("stage", "student")
+        super().__init__(model_hparams, sample_rate, **options)
         self.teacher = None
         if teacher_hparams is not None:
             self.teacher = build_separator(teacher_arch, **teacher_hparams)

@@ -83,17 +83,10 @@ class RemixITStudent(SeparationSystem):
         update_every: int | None = None,
         seed: int = 0,
         si_snr_max: float | None = 30.0,
-        lr: float = 1e-3,
-        plateau_factor: float = 0.5,
-        plateau_patience: int = 3,
-        monitor: str | None = "val_si_snri",
-        stage: str = "remixit",
-        arch: str = "conv_tasnet",
+        **options: Any,
     ) -> None:
-        super().__init__(
-            model_hparams, sample_rate, lr, plateau_factor, plateau_patience, monitor, stage,
-            arch,
-        )
+        options.setdefault("stage", "remixit")
+        super().__init__(model_hparams, sample_rate, **options)
         self.teacher = build_separator(teacher_arch, **teacher_hparams)
         self.teacher.requires_grad_(False).eval()
 

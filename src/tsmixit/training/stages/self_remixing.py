@@ -56,17 +56,13 @@ class SelfRemixingSolver(RemixITStudent):
         update_every: int | None = None,
         seed: int = 0,
         snr_max: float | None = 30.0,
-        lr: float = 1e-3,
-        plateau_factor: float = 0.5,
-        plateau_patience: int = 3,
-        monitor: str | None = "val_si_snri",
-        stage: str = "self_remixing",
-        arch: str = "conv_tasnet",
+        **options: Any,
     ) -> None:
-        super().__init__(
-            model_hparams, sample_rate, teacher_hparams, teacher_arch, "ema", ema_gamma,
-            update_every, seed, None, lr, plateau_factor, plateau_patience, monitor, stage, arch,
-        )
+        options.setdefault("stage", "self_remixing")
+        # The shuffler always follows by EMA; the loss is Self-Remixing's (no RemixIT clamp).
+        options.update(teacher_update="ema", si_snr_max=None)
+        super().__init__(model_hparams, sample_rate, teacher_hparams, teacher_arch,
+                         ema_gamma=ema_gamma, update_every=update_every, seed=seed, **options)
 
     def remix_loss(self, mixture: Tensor, perms: Tensor) -> Tensor:
         """Self-Remixing's loss of a batch (B, C, T) for the permutations perms (k, B): (B,)

@@ -118,15 +118,10 @@ class SemiMixIT(MixITTeacher):
         zero_snr_max: float = ZERO_SNR_MAX,
         supervised_weight: float = 1.0,
         mixit: Literal["exact", "least_squares"] = "exact",
-        lr: float = 1e-3,
-        plateau_factor: float = 0.5,
-        plateau_patience: int = 3,
-        monitor: str | None = "val_si_snri",
-        stage: str = "semi_mixit",
-        arch: str = "conv_tasnet",
+        **options: Any,
     ) -> None:
-        super().__init__(model_hparams, sample_rate, k, snr_max, mixit, lr, plateau_factor,
-                         plateau_patience, monitor, stage, arch)
+        options.setdefault("stage", "semi_mixit")
+        super().__init__(model_hparams, sample_rate, k, snr_max, mixit, **options)
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """L of one `SemiSupervisedBatches` item, and its terms {"mixit", "supervised"}

@@ -53,21 +53,14 @@ class SparseMixIT(MixITTeacher):
         sample_rate: int,
         k: int = 2,
         snr_max: float = 30.0,
-        mixit: Literal["exact", "least_squares"] = "least_squares",
+        mixit: Literal["exact", "least_squares"] = "exact",
         sparsity_weight: float = 0.0,
         covariance_weight: float = 0.0,
         active_threshold_db: float = -20.0,
-        lr: float = 1e-3,
-        plateau_factor: float = 0.5,
-        plateau_patience: int = 3,
-        monitor: str | None = "val_si_snri",
-        stage: str = "sparse_mixit",
-        arch: str = "conv_tasnet",
+        **options: Any,
     ) -> None:
-        super().__init__(
-            model_hparams, sample_rate, k, snr_max, mixit, lr, plateau_factor,
-            plateau_patience, monitor, stage, arch,
-        )
+        options.setdefault("stage", "sparse_mixit")
+        super().__init__(model_hparams, sample_rate, k, snr_max, mixit, **options)
 
     def _objective(self, est: Tensor, mixtures: Tensor) -> dict[str, Tensor]:
         """The three terms and their weighted sum, per example: (B, M, T), (B, N, T) ->
