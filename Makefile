@@ -10,7 +10,7 @@ SPATIAL_RUN_DIR ?= runs/demo-spatial
 #   make demo TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'
 TORCH ?= torch==2.13.0
 
-.PHONY: demo demo-spatial smoke test lint venv clean voices-apt pretrain
+.PHONY: demo demo-spatial smoke test lint venv clean voices-apt pretrain browser-apt
 
 venv: $(VENV)/.installed
 
@@ -37,6 +37,14 @@ DEV_SET_DEBS := asterisk-prompt-es-co asterisk-prompt-fr-armelle
 
 voices-apt:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(VOICE_DEBS) $(DEV_SET_DEBS)
+
+# Headless Chromium for the browser test of `tsmixit serve` (it skips without); installed
+# only when missing.
+BROWSER_DEBS := chromium chromium-driver
+
+browser-apt:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(BROWSER_DEBS); }
 
 # Pretraining (not part of the demo): days on a CPU, minutes on a GPU; rerun to resume.
 pretrain: venv

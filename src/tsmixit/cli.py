@@ -8,6 +8,7 @@
     tsmixit separate --model M INPUT... --out DIR
     tsmixit report RUN_DIR
     tsmixit export --model M --onnx OUT
+    tsmixit serve --model M [--model M2] [--run RUN_DIR] [--host 127.0.0.1] [--port 8000]
 """
 
 from __future__ import annotations
@@ -190,6 +191,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tsmixit.serve import create_app, load_models
+
+    paths = list(args.model)
+    if not paths and args.run is not None and (args.run / "model").is_dir():
+        paths = [args.run / "model"]
+    app = create_app(load_models(paths, args.device), args.run,
+                     max_upload_mb=args.max_upload_mb, chunk_seconds=args.chunk_seconds,
+                     overlap_seconds=args.overlap_seconds,
+                     allow_upsampling=args.allow_upsampling)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: anyone who reaches this address can use the "
+              "page (it has no log-in); the microphone works only on 127.0.0.1/localhost",
+              file=sys.stderr)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"tsmixit serve: open http://{host}:{args.port}/  (Ctrl+C stops it)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 DEVICE_HELP = "where the network runs: auto (a GPU when there is one), cpu, cuda or cuda:N"
 
 
@@ -268,6 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", required=True, type=Path, help=MODEL_HELP)
     export.add_argument("--onnx", required=True, type=Path)
     export.set_defaults(func=cmd_export)
+
+    serve = sub.add_parser("serve", help="a local web page: separate recordings and listen")
+    serve.add_argument("--model", action="append", type=Path, default=[],
+                       help="a model folder; repeat to offer several (default: RUN_DIR/model)")
+    serve.add_argument("--run", type=Path, default=None,
+                       help="a run folder whose report and test mixtures the page shows")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=200.0,
+                       help="largest recording accepted, MB (larger: refused with HTTP 413)")
+    serve.add_argument("--chunk-seconds", type=float, default=8.0)
+    serve.add_argument("--overlap-seconds", type=float, default=1.0)
+    serve.add_argument("--allow-upsampling", action="store_true",
+                       help="accept inputs below the model's sample rate")
+    serve.add_argument("--device", default="auto", help=DEVICE_HELP)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
