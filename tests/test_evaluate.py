@@ -1,5 +1,6 @@
 """Evaluation driver (tsmixit.evaluation.evaluate): models run on manifests and folders at
-full length, batched, multi-channel, with the optional quality metrics."""
+full length, batched, multi-channel, with the optional quality metrics; the test mixtures kept
+per system, and the recipe's re-evaluation when the eval settings change."""
 
 import json
 import sys
@@ -12,12 +13,20 @@ import torch
 from torch import nn
 
 from conftest import gaussian_signals as _signals
+from conftest import make_corpus
 from tsmixit.data.manifest import Manifest
-from tsmixit.errors import AudioError
-from tsmixit.evaluation.evaluate import evaluate_path, evaluate_separator
+from tsmixit.errors import AudioError, ConfigError
+from tsmixit.evaluation.evaluate import (
+    evaluate_into_run,
+    evaluate_path,
+    evaluate_separator,
+    evaluate_stages,
+    example_name,
+)
 from tsmixit.metrics import score_mixture
 from tsmixit.model_files import save_model
 from tsmixit.models.conv_tasnet import ConvTasNet
+from tsmixit.training.config import load_config
 
 SR = 8000
 
@@ -57,7 +66,7 @@ def test_evaluate_separator_batches_by_length(tmp_path):
     manifest = Manifest(_write_corpus(tmp_path, lengths), tmp_path)
     model = HalfWaves()
     result = evaluate_separator(model, manifest, batch_size=2, progress=False,
-                                example_index=3, example_path=tmp_path / "ex.npz")
+                                examples=2, example_dir=tmp_path / "ex")
     assert [r["id"] for r in result["per_mixture"]] == [f"m{n}" for n in range(5)]
     for i, row in enumerate(result["per_mixture"]):
         mix = torch.from_numpy(manifest.load_mixture(i)[0])
@@ -70,8 +79,92 @@ def test_evaluate_separator_batches_by_length(tmp_path):
     assert mean["si_snri_topk"] == pytest.approx(
         np.mean([r["si_snri_topk"] for r in result["per_mixture"]]))
     assert mean["over_separated"] == 0.0
-    example = np.load(tmp_path / "ex.npz")
-    assert str(example["id"]) == "m3" and example["outputs"].shape == (3, 6000)
+    # The first two rows kept (rows 0 and 1 sit in different length batches), each as the
+    # model makes it alone: mixture, references, all outputs, top-k and oracle groups.
+    assert result["examples"] == [{"id": f"m{n}", "path": str(tmp_path / "ex" / f"{n}_m{n}.npz")}
+                                  for n in range(2)]
+    assert result["example"] == result["examples"][0]
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == ["0_m0.npz", "1_m1.npz"]
+    for n, entry in enumerate(result["examples"]):
+        mix = manifest.load_mixture(n)[0]
+        with np.load(entry["path"]) as example:
+            assert str(example["id"]) == f"m{n}" and int(example["sample_rate"]) == SR
+            np.testing.assert_array_equal(example["mixture"], mix)
+            np.testing.assert_array_equal(example["references"], manifest.load_sources(n, True))
+            np.testing.assert_allclose(example["outputs"],
+                                       model(torch.from_numpy(mix)[None])[0].numpy(), atol=1e-7)
+            row = result["per_mixture"][n]
+            assert list(example["topk_outputs"]) == row["topk_outputs"]
+            assert list(example["oracle_groups"]) == row["oracle_groups"]
+
+
+def test_examples_beyond_the_test_set_keep_every_row_and_none_is_refused_below_zero(tmp_path):
+    manifest = Manifest(_write_corpus(tmp_path, [3000, 2000]), tmp_path)
+    result = evaluate_separator(HalfWaves(), manifest, progress=False, examples=5,
+                                example_dir=tmp_path / "ex")
+    assert [e["id"] for e in result["examples"]] == ["m0", "m1"]
+    none = evaluate_separator(HalfWaves(), manifest, progress=False, examples=0,
+                              example_dir=tmp_path / "none")
+    assert none["examples"] == [] and "example" not in none
+    assert "examples" not in evaluate_separator(HalfWaves(), manifest, progress=False)
+    with pytest.raises(ConfigError, match="examples must be >= 0"):
+        evaluate_separator(HalfWaves(), manifest, progress=False, examples=-1,
+                           example_dir=tmp_path / "ex")
+
+
+def test_example_names_are_file_safe_and_distinct():
+    assert example_name(0, "m0") == "0_m0.npz"
+    assert example_name(2, "../a b/c:d") == "2_.._a_b_c_d.npz"
+    assert example_name(1, "a/b") != example_name(2, "a:b")
+    assert len(example_name(3, "x" * 500)) == len("3_") + 60 + len(".npz")
+
+
+def test_evaluate_into_run_lays_out_the_examples_and_drops_stale_ones(tmp_path):
+    manifest = Manifest(_write_corpus(tmp_path, [2000, 2100, 2200]), tmp_path)
+    eval_dir = tmp_path / "eval"
+    (eval_dir / "examples" / "student").mkdir(parents=True)
+    old = eval_dir / "examples" / "student.npz"  # the one-example layout
+    stale = eval_dir / "examples" / "student" / "5_old.npz"
+    other = eval_dir / "examples" / "teacher.npz"  # another system's: kept
+    for path in (old, stale, other):
+        np.savez(path, id="old")
+    out = evaluate_into_run(HalfWaves(), manifest, eval_dir, system="student", examples=2,
+                            progress=False)
+    result = json.loads(out.read_text())
+    assert result["examples"] == [{"id": "m0", "path": "examples/student/0_m0.npz"},
+                                  {"id": "m1", "path": "examples/student/1_m1.npz"}]
+    assert result["example"] == result["examples"][0]  # the report's spectrogram example
+    assert sorted(p.name for p in (eval_dir / "examples" / "student").iterdir()) == [
+        "0_m0.npz", "1_m1.npz"]
+    assert not old.exists() and other.exists()
+    evaluate_into_run(HalfWaves(), manifest, eval_dir, system="student", examples=1,
+                      progress=False)
+    assert [p.name for p in (eval_dir / "examples" / "student").iterdir()] == ["0_m0.npz"]
+
+
+def test_the_recipe_evaluates_again_when_eval_examples_changes(tmp_path):
+    manifest = Manifest.load(make_corpus(tmp_path / "corpus", n_train=0, n_valid=0, n_test=3,
+                                         seconds=0.25))
+    save_model(ConvTasNet.from_preset("tiny"), tmp_path / "model", 8000, {})
+    summaries = {"student": {"kind": "student", "fingerprint": "f1",
+                             "checkpoint": str(tmp_path / "model")}}
+    run, eval_dir = tmp_path / "run", tmp_path / "run" / "eval"
+    result = tmp_path / "run" / "eval" / "student.json"
+
+    def evaluate(examples: int) -> int:
+        config = load_config(None, ["train.max_steps=1", f"eval.examples={examples}"])
+        evaluate_stages(config, manifest, eval_dir, run, summaries, progress=False)
+        return result.stat().st_mtime_ns
+
+    first = evaluate(2)
+    assert len(json.loads(result.read_text())["examples"]) == 2
+    assert evaluate(2) == first  # unchanged: not evaluated again
+    evaluate(3)
+    assert [e["id"] for e in json.loads(result.read_text())["examples"]] == [
+        "test000", "test001", "test002"]
+    assert len(list((eval_dir / "examples" / "student").iterdir())) == 3
+    with pytest.raises(ConfigError, match="'eval.examples' must be positive"):
+        load_config(None, ["train.max_steps=1", "eval.examples=0"])
 
 
 def test_optional_quality_metrics_when_installed(tmp_path, monkeypatch):

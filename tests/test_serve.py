@@ -21,6 +21,7 @@ from torch import nn
 from conftest import utterance
 from tsmixit.audio import resample
 from tsmixit.cli import main
+from tsmixit.evaluation.evaluate import example_name
 from tsmixit.evaluation.report import write_report
 from tsmixit.inference import Separator
 from tsmixit.model_files import save_model
@@ -299,7 +300,7 @@ def test_no_file_outside_the_servers_folders_is_served(client, models, tmp_path)
                 f"{base}/audio/..%2fupload%2fa.wav", f"{base}/audio/%2e%2e",
                 f"{base}/audio/upload", f"{base}/spectrogram/..%2fs1",
                 f"/api/jobs/..%2f{job['id']}/audio/s1", "/api/jobs/%2e%2e/audio/s1",
-                "/api/run/plots/..%2freport.json", "/api/run/examples/..%2f..%2fa/mixture.wav",
+                "/api/run/plots/..%2freport.json", "/api/run/examples/..%2f..%2fa/0/mixture.wav",
                 f"/static/{tmp_path}/secret.txt", "/static//etc/passwd"]:
         response = client.get(url)
         assert response.status_code == 404, url
@@ -385,8 +386,10 @@ def test_the_server_survives_bad_requests_and_failing_models(models, tmp_path, m
                             ("GET", "/api/jobs/nope/all.zip"), ("GET", "/nothing/here"),
                             ("PUT", "/api/separate"), ("GET", "/api/separate"),
                             ("GET", "/api/run/plots/none.png"),
-                            ("GET", "/api/run/examples/teacher/reference9.wav"),
-                            ("GET", "/api/run/examples/teacher/mixture.mp3")]:
+                            ("GET", "/api/run/examples/teacher/0/reference9.wav"),
+                            ("GET", "/api/run/examples/teacher/0/mixture.mp3"),
+                            ("GET", "/api/run/examples/teacher/7"),
+                            ("GET", "/api/run/examples/nobody/0")]:
             response = client.request(method, url)
             assert 400 <= response.status_code < 500, (method, url)
             assert response.json()["error"], (method, url)
@@ -407,12 +410,18 @@ def test_the_server_survives_bad_requests_and_failing_models(models, tmp_path, m
 # ---- the results of a run ----------------------------------------------------------------
 
 
-def _make_run(run: Path) -> None:
+#: The test mixtures of `_make_run`: id -> length (samples); each system keeps all three.
+MIXTURES = {"m0": SR, "m1": 3 * SR // 4, "mix 2/b": SR // 2}
+
+
+def _make_run(run: Path, legacy: bool = False) -> None:
     """A run folder with a teacher (M = 4 outputs) and a student (2), their evaluations and
-    examples, and its report (written by write_report)."""
+    kept test mixtures (`MIXTURES`, as `evaluate_into_run` lays them out; with `legacy`, the
+    one-example layout of earlier versions: EVAL/examples/<system>.npz of the first mixture,
+    named by result["example"] only), and its report (written by write_report)."""
     rng = np.random.default_rng(0)
-    refs = rng.standard_normal((2, SR)).astype(np.float32) * 0.1
-    mixture = refs.sum(axis=0)
+    refs = {row_id: rng.standard_normal((2, n)).astype(np.float32) * 0.1
+            for row_id, n in MIXTURES.items()}
     systems = {"teacher": ("teacher", 0, 4, [], 3.0), "student": ("student", 2, 2,
                                                                      ["teacher"], 5.0)}
     for system, (kind, order, n_out, upstream, si) in systems.items():
@@ -423,23 +432,73 @@ def _make_run(run: Path) -> None:
             "steps": 10, "labelled_mixtures": 0}))
         (run / system / "metrics.csv").write_text("epoch,step,train_loss,val_loss,"
                                                   "val_si_snri\n0,1,1.0,,\n0,2,,0.5,1.0\n")
-        (run / "eval" / "examples").mkdir(parents=True, exist_ok=True)
-        np.savez(run / "eval" / "examples" / f"{system}.npz", id="m0", sample_rate=SR,
-                 mixture=mixture, references=refs,
-                 outputs=rng.standard_normal((n_out, SR)).astype(np.float32) * 0.05,
-                 topk_outputs=np.array([2, 0] if n_out == 4 else [1, 0]),
-                 oracle_groups=np.array([1, 0, 0, 1][:n_out]))
         mean = {"si_snri_topk": si, "sdri_topk": si + 0.5, "si_snri_oracle": si + 1.0,
                 "sdri_oracle": si + 1.5, "active_outputs": float(n_out),
                 "over_separated": float(n_out > 2)}
-        (run / "eval" / f"{system}.json").write_text(json.dumps({
-            "system": system, "stage": system, "k": 2, "n_outputs": n_out, "n_channels": 1,
-            "n_mixtures": 1, "per_mixture": [{"id": "m0", **mean}], "mean": mean,
-            "example": {"id": "m0", "path": f"examples/{system}.npz"}}))
+        per_mixture, examples = [], []
+        for i, (row_id, n) in enumerate(MIXTURES.items()):
+            path = (Path("examples") / f"{system}.npz" if legacy
+                    else Path("examples") / system / example_name(i, row_id))
+            if not legacy or i == 0:
+                (run / "eval" / path).parent.mkdir(parents=True, exist_ok=True)
+                np.savez(run / "eval" / path, id=row_id, sample_rate=SR,
+                         mixture=refs[row_id].sum(axis=0), references=refs[row_id],
+                         outputs=rng.standard_normal((n_out, n)).astype(np.float32) * 0.05,
+                         topk_outputs=np.array([2, 0] if n_out == 4 else [1, 0]),
+                         oracle_groups=np.array([1, 0, 0, 1][:n_out]))
+                examples.append({"id": row_id, "path": path.as_posix()})
+            per_mixture.append({**mean, "id": row_id, "si_snri_topk": si + 0.25 * (i - 1),
+                                "si_snri_oracle": si + 1.0 + 0.25 * (i - 1)})
+        result = {"system": system, "stage": system, "k": 2, "n_outputs": n_out,
+                  "n_channels": 1, "n_mixtures": len(MIXTURES), "per_mixture": per_mixture,
+                  "mean": mean, "example": examples[0]}
+        if not legacy:
+            result["examples"] = examples
+        (run / "eval" / f"{system}.json").write_text(json.dumps(result))
     write_report(run)
 
 
-def test_run_results_table_claims_plots_and_examples(models, tmp_path):
+def _expected_tracks(path: Path) -> dict[str, np.ndarray]:
+    """Brute force: the page's tracks of one example file, from its arrays by hand."""
+    with np.load(path) as npz:
+        mixture, refs, outputs = npz["mixture"], npz["references"], npz["outputs"]
+        top, groups = list(npz["topk_outputs"]), list(npz["oracle_groups"])
+    tracks = {"mixture": mixture, "reference1": refs[0], "reference2": refs[1],
+              "estimate1": outputs[top[0]], "estimate2": outputs[top[1]]}
+    if len(outputs) > 2:
+        for i in range(2):
+            tracks[f"group{i + 1}"] = sum(outputs[m] for m in range(len(outputs))
+                                          if groups[m] == i)
+        for j in range(len(outputs)):
+            if j not in top:
+                tracks[f"output{j + 1}"] = outputs[j]
+    return tracks
+
+
+def _check_served_example(client, url: str, path: Path, row_id: str) -> list[str]:
+    """Every track of the example at `url` (audio, peaks, spectrogram) against the file's
+    arrays; returns the track keys in page order."""
+    example = client.get(url).json()
+    assert example["id"] == row_id and example["sample_rate"] == SR
+    expected = _expected_tracks(path)
+    assert {t["key"] for t in example["tracks"]} == set(expected)
+    for track in example["tracks"]:
+        signal = expected[track["key"]]
+        served_wav, rate = sf.read(io.BytesIO(client.get(track["audio"]).content),
+                                   dtype="float32")
+        assert rate == SR
+        np.testing.assert_allclose(served_wav, signal, rtol=0, atol=1e-7)
+        np.testing.assert_allclose(np.array(track["peaks"]), _brute_peaks(signal, 800),
+                                   rtol=0, atol=5e-5)  # rounded to 1e-4 for the page
+        assert track["seconds"] == pytest.approx(signal.size / SR)
+        assert client.get(track["spectrogram"]).content == draw(signal, SR).png
+    return [t["key"] for t in example["tracks"]]
+
+
+def test_run_results_table_claims_plots_and_examples(models, tmp_path, monkeypatch):
+    from tsmixit.serve import run_results
+
+    monkeypatch.setattr(run_results, "LOADED_EXAMPLES", 2)  # examples are read again
     run = tmp_path / "run"
     _make_run(run)
     report = json.loads((run / "report.json").read_text())
@@ -454,29 +513,85 @@ def test_run_results_table_claims_plots_and_examples(models, tmp_path):
         for plot, path in zip(results["plots"], report["plots"], strict=True):
             assert client.get(plot["url"]).content == (run / path).read_bytes()
 
-        teacher = next(e for e in results["examples"] if e["system"] == "teacher")
-        assert teacher["label"] == "MixIT teacher (top-2)" and teacher["id"] == "m0"
-        keys = [t["key"] for t in teacher["tracks"]]
-        assert keys == ["mixture", "reference1", "reference2", "estimate1", "estimate2",
-                        "group1", "group2", "output2", "output4"]
-        with np.load(run / "eval" / "examples" / "teacher.npz") as npz:
-            outputs, refs = npz["outputs"], npz["references"]
-            expected = {"mixture": npz["mixture"], "reference2": refs[1],
-                        "estimate1": outputs[2], "estimate2": outputs[0],
-                        "group1": outputs[1] + outputs[2], "group2": outputs[0] + outputs[3],
-                        "output4": outputs[3]}
-        for key, signal in expected.items():
-            track = next(t for t in teacher["tracks"] if t["key"] == key)
-            served_wav, rate = sf.read(io.BytesIO(client.get(track["audio"]).content),
-                                       dtype="float32")
-            assert rate == SR
-            np.testing.assert_allclose(served_wav, signal, rtol=0, atol=1e-7)
-            np.testing.assert_allclose(np.array(track["peaks"]), _brute_peaks(signal, 800),
-                                       rtol=0, atol=5e-5)  # rounded to 1e-4 for the page
-            assert client.get(track["spectrogram"]).content == draw(signal, SR).png
-        student = next(e for e in results["examples"] if e["system"] == "student")
-        assert [t["key"] for t in student["tracks"]] == [
-            "mixture", "reference1", "reference2", "estimate1", "estimate2"]
+        # Every kept mixture, in row order, with each system (table order) and its scores on
+        # that mixture from the evaluation's rows.
+        assert [m["id"] for m in results["mixtures"]] == list(MIXTURES)
+        for i, mixture in enumerate(results["mixtures"]):
+            assert [(s["system"], s["label"], s["index"]) for s in mixture["systems"]] == [
+                ("teacher", "MixIT teacher (top-2)", i), ("student", "TS-MixIT student", i)]
+            for entry in mixture["systems"]:
+                result = json.loads((run / "eval" / f"{entry['system']}.json").read_text())
+                row = result["per_mixture"][i]
+                assert (entry["si_snri_topk"], entry["si_snri_oracle"]) == (
+                    row["si_snri_topk"], row["si_snri_oracle"])
+                path = run / "eval" / result["examples"][i]["path"]
+                keys = _check_served_example(client, entry["url"], path, mixture["id"])
+                if entry["system"] == "teacher":
+                    assert keys == ["mixture", "reference1", "reference2", "estimate1",
+                                    "estimate2", "group1", "group2", "output2", "output4"]
+                else:
+                    assert keys == ["mixture", "reference1", "reference2", "estimate1",
+                                    "estimate2"]
+        first = results["mixtures"][0]["systems"][0]  # read again after 5 others
+        _check_served_example(client, first["url"],
+                              run / "eval" / "examples" / "teacher" / "0_m0.npz", "m0")
+        for url in ["/api/run/examples/teacher/3", "/api/run/examples/teacher/-1",
+                    "/api/run/examples/teacher/00", "/api/run/examples/label/0",
+                    "/api/run/examples/teacher/0/group3.wav"]:
+            assert client.get(url).status_code == 404, url
+    drawn = []
+    monkeypatch.setattr(run_results, "draw", lambda x, rate: drawn.append(x) or draw(x, rate))
+    held = run_results.RunResults(run)
+    for n in ("0", "1", "2"):
+        assert len(held.tracks("teacher", n)["tracks"]) == 9
+        held.tracks("student", n)
+        # The student's mixture and true sources are the teacher's: drawn once.
+        assert len(drawn) == 11 * (int(n) + 1)
+    assert len(held._loaded) == 2  # at most LOADED_EXAMPLES examples' arrays are held
+    monkeypatch.setattr(run_results, "KEPT_DRAWINGS", 4)
+    small = run_results.RunResults(run)
+    small.tracks("teacher", "0")
+    assert len(small._drawings) == 4  # and at most KEPT_DRAWINGS drawings
+
+
+def test_a_run_of_the_one_example_layout_is_shown(models, tmp_path):
+    run = tmp_path / "run"
+    _make_run(run, legacy=True)
+    served = load_models([models["two"]], "cpu")
+    with TestClient(create_app(served, run_dir=run, work_dir=tmp_path)) as client:
+        results = client.get("/api/run").json()
+        [mixture] = results["mixtures"]
+        assert mixture["id"] == "m0"
+        assert [s["system"] for s in mixture["systems"]] == ["teacher", "student"]
+        for entry in mixture["systems"]:
+            _check_served_example(client, entry["url"],
+                                  run / "eval" / "examples" / f"{entry['system']}.npz", "m0")
+
+
+def test_only_the_example_files_an_evaluation_lists_below_eval_examples_are_served(
+        models, tmp_path):
+    run = tmp_path / "run"
+    _make_run(run)
+    outside = run / "student" / "weights.npz"  # an npz of the run, not an example
+    outside.write_bytes((run / "eval" / "examples" / "student" / "0_m0.npz").read_bytes())
+    result = json.loads((run / "eval" / "student.json").read_text())
+    result["examples"] = [{"id": "m0", "path": "../student/weights.npz"},
+                          {"id": "x", "path": "examples/../../report.json"},
+                          {"id": "y", "path": str(outside)}, {"id": "z"}, "examples/a.npz",
+                          result["examples"][1]]
+    (run / "eval" / "student.json").write_text(json.dumps(result))
+    served = load_models([models["two"]], "cpu")
+    with TestClient(create_app(served, run_dir=run, work_dir=tmp_path)) as client:
+        results = client.get("/api/run").json()
+        student = [(m["id"], s["url"]) for m in results["mixtures"] for s in m["systems"]
+                   if s["system"] == "student"]
+        assert student == [("m1", "/api/run/examples/student/0")]  # only the listed one left
+        for url in ["/api/run/examples/student/1/mixture.wav",
+                    "/api/run/examples/student/..%2f..%2fstudent%2fweights/mixture.wav",
+                    "/api/run/examples/..%2fstudent/0/mixture.wav",
+                    "/api/run/examples/student/0/..%2fmixture.wav",
+                    "/api/run/examples/%2e%2e/0/mixture.wav"]:
+            assert client.get(url).status_code == 404, url
 
 
 def test_a_run_without_a_report_is_refused_naming_the_fix(models, tmp_path):

@@ -160,8 +160,15 @@ def _assert_no_console_errors(browser) -> None:
     assert severe == []
 
 
+def _run_audio(browser) -> list[list]:
+    """[track key, duration, error code] of each player of the shown mixture."""
+    return browser.execute_script(
+        "return [...document.querySelectorAll('#run-examples .mixture-holder audio')].map("
+        "a => [a.closest('.track').dataset.track, a.duration, a.error && a.error.code])")
+
+
 def test_run_tab_shows_the_table_claims_plots_and_playable_examples(browser, tmp_path):
-    from test_serve import _make_run
+    from test_serve import MIXTURES, _make_run
 
     run = tmp_path / "run"
     _make_run(run)
@@ -169,20 +176,64 @@ def test_run_tab_shows_the_table_claims_plots_and_playable_examples(browser, tmp
     app = create_app(load_models([tmp_path / "model"], "cpu"), run_dir=run, work_dir=tmp_path)
     wait = WebDriverWait(browser, 60)
     with LiveServer(app) as url:
+        browser.set_window_size(1200, 900)
         browser.get(url + "/#run")
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#run-table tbody tr"))
         rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#run-table tbody tr")]
         assert [r.split(" 1 ")[0] for r in rows] == [
             "MixIT teacher (top-2)", "MixIT teacher (oracle grouping into 2)", "TS-MixIT student"]
         assert len(browser.find_elements(By.CSS_SELECTOR, "#run-claims li")) >= 2
-        # mixture + 2 true sources; the teacher's 2 estimates, 2 groups, 2 left out; the
-        # student's 2 estimates.
-        wait.until(lambda d: d.execute_script(
-            "const a = [...document.querySelectorAll('#run-examples audio')];"
-            "return a.length === 11 && a.every(x => x.readyState >= 1)"))
-        durations = browser.execute_script(
-            "return [...document.querySelectorAll('#run-examples audio')].map(a => a.duration)")
-        assert durations == pytest.approx([1.0] * 11, abs=1e-3)
+        tabs = browser.find_elements(By.CSS_SELECTOR, "#run-examples .pick")
+        assert [t.get_attribute("data-mixture") for t in tabs] == list(MIXTURES)
+        assert [t.get_attribute("aria-selected") for t in tabs] == ["true", "false", "false"]
+
+        # Each mixture picked in turn: its mixture + 2 true sources; the teacher's 2
+        # estimates, 2 groups, 2 left out; the student's 2 estimates; all of its length.
+        keys = ["mixture", "reference1", "reference2", "estimate1", "estimate2", "group1",
+                "group2", "output2", "output4", "estimate1", "estimate2"]
+        for i, (row_id, frames) in enumerate(MIXTURES.items()):
+            tabs[i].click()
+            wait.until(lambda d, n=frames: (lambda a: len(a) == 11 and all(
+                x[1] == pytest.approx(n / SR, abs=1e-3) for x in a))(_run_audio(d)))
+            audio = _run_audio(browser)
+            assert [key for key, _, _ in audio] == keys
+            colours = browser.execute_script(
+                "return [...document.querySelectorAll('#run-examples .mixture-holder .track')]"
+                ".map(t => t.style.getPropertyValue('--hue'))")
+            # estimate i and oracle group i in one colour, the outputs left out in grey
+            assert colours[3:9] == [colours[1], colours[2], colours[1], colours[2],
+                                    colours[0], colours[0]] and colours[1] != colours[2]
+            assert all(error is None for _, _, error in audio)
+            heads = [h.text for h in browser.find_elements(
+                By.CSS_SELECTOR, "#run-examples .mixture-holder .system-head h3")]
+            assert heads == ["Mixture and true sources", "MixIT teacher (top-2)",
+                             "TS-MixIT student"]
+            scores = [s.text for s in browser.find_elements(
+                By.CSS_SELECTOR, "#run-examples .mixture-holder .score")]
+            offset = 0.25 * (i - 1)  # test_serve._make_run's per-mixture scores
+            assert scores == [f"SI-SNRi {3 + offset:.2f} dB top-2 · {4 + offset:.2f} dB oracle",
+                              f"SI-SNRi {5 + offset:.2f} dB"]
+            assert row_id in browser.find_element(
+                By.CSS_SELECTOR, "#run-examples .system.truth .meta").text
+            # The student's first estimate plays and its clock moves.
+            student = browser.find_elements(
+                By.CSS_SELECTOR, "#run-examples .mixture-holder [data-system=student] .track")[0]
+            student.find_element(By.CSS_SELECTOR, "button.play").click()
+            wait.until(lambda d: d.execute_script(
+                "const a = [...document.querySelectorAll('#run-examples .mixture-holder "
+                "[data-system=student] audio')][0]; return !a.paused && a.currentTime > 0.1"))
+            student.find_element(By.CSS_SELECTOR, "button.play").click()  # pause
+            spectrograms = browser.execute_script(
+                "return [...document.querySelectorAll('#run-examples .mixture-holder img.spec')]"
+                ".map(i => i.complete && i.naturalWidth)")
+            assert len(spectrograms) == 11
+
+        # Back to a mixture seen before: shown again (kept), the others' players stopped.
+        tabs[0].click()
+        wait.until(lambda d: (lambda a: len(a) == 11 and a[0][1] == pytest.approx(1.0))(
+            _run_audio(d)))
+        assert browser.execute_script(
+            "return [...document.querySelectorAll('audio')].every(a => a.paused)")
         plots = browser.execute_script(
             "return [...document.querySelectorAll('#run-plots img')].map(i => "
             "i.complete && i.naturalWidth)")
@@ -192,3 +243,19 @@ def test_run_tab_shows_the_table_claims_plots_and_playable_examples(browser, tmp
             "return [...document.querySelectorAll('#run-plots img')].every(i => "
             "i.complete && i.naturalWidth > 0)"))
         _assert_no_console_errors(browser)
+
+        tabs[1].click()  # the screenshot: the second mixture, its images loaded
+        wait.until(lambda d: (lambda a: len(a) == 11 and a[0][1] == pytest.approx(0.75))(
+            _run_audio(d)))
+        ARTIFACTS.mkdir(exist_ok=True)
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1200, height + 200)
+        browser.execute_script("window.scrollTo(0, 0)")
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('img')].every(i => i.complete && "
+            "i.naturalWidth > 0)"))
+        shot = ARTIFACTS / "serve_run.png"
+        browser.save_screenshot(str(shot))
+        print(f"screenshot: {shot}")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        browser.set_window_size(1200, 900)

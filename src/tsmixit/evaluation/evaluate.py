@@ -4,7 +4,9 @@ Every test mixture is read from its manifest at full length, fed to the model as
 policy says (`tsmixit.audio.model_channels`), and scored by `tsmixit.metrics.score_mixture`
 against its references at microphone 0: SI-SNRi and SDRi of the top-k outputs and of the
 oracle grouping, and the number of active outputs. The results are written as JSON for the
-report (`evaluate_into_run`) or for `tsmixit evaluate` (`evaluate_path`).
+report (`evaluate_into_run`) or for `tsmixit evaluate` (`evaluate_path`). A few test mixtures
+are kept to listen to (`tsmixit serve --run`) and to plot: the first rows of the test set, the
+same mixtures for every system, one .npz each (`_save_example`).
 
 PESQ and STOI of the top-k estimates are added when the `pesq` / `pystoi` packages are
 installed (they are optional); a mixture PESQ cannot score is NaN and left out of the mean.
@@ -14,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from tqdm import tqdm
 from tsmixit.audio import model_channels, resample
 from tsmixit.data.importers import open_test_set
 from tsmixit.data.manifest import Manifest
-from tsmixit.errors import ManifestError, ModelFileError
+from tsmixit.errors import ConfigError, ManifestError, ModelFileError
 from tsmixit.files import atomic_path, write_json_atomic
 from tsmixit.inference import Separator
 from tsmixit.metrics import score_mixture
@@ -102,8 +105,8 @@ def evaluate_separator(
     batch_size: int = 1,
     progress: bool = True,
     max_padding: float = 0.1,
-    example_index: int | None = None,
-    example_path: str | os.PathLike | None = None,
+    examples: int = 0,
+    example_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Score `model` (a registered separator or a loaded Separator) on every row of `manifest`
     at full length. Rows are sorted by length and batched (zero-padded to the batch's longest,
@@ -114,9 +117,11 @@ def evaluate_separator(
     Returns {"per_mixture": [row dicts with "id" and the metrics of `score_mixture`],
     "mean": {metric: mean over mixtures, "over_separated": share of mixtures with more than
     k active outputs}, "n_mixtures", "n_outputs", "n_channels", "k", "active_threshold_db",
-    "sample_rate"}. With `example_path`, the mixture, references and outputs of row
-    `example_index` (default: the first row) are saved there as .npz and named in
-    result["example"].
+    "sample_rate"}. With `example_dir`, the mixture, references and outputs of the first
+    `examples` rows (manifest order: every system keeps the same mixtures) are saved there
+    as each is scored, one .npz per row (`example_name`; only those rows' arrays are kept),
+    and listed in result["examples"] as {"id", "path"} in row order; result["example"] is the
+    first of them.
     """
     module, model_rate = _unwrap(model)
     module.eval()
@@ -135,8 +140,11 @@ def evaluate_separator(
     sample_rate = rates.pop()
     device = next(module.parameters()).device
     quality = _quality_metrics()
-    if example_path is not None and example_index is None:
-        example_index = 0
+    if examples < 0:
+        raise ConfigError(f"examples must be >= 0 (test mixtures kept), got {examples}")
+    kept = range(min(examples, len(manifest)) if example_dir is not None else 0)
+    example_paths = {i: Path(example_dir, example_name(i, manifest.rows[i]["id"]))
+                     for i in kept}
     rows: dict[int, dict[str, Any]] = {}
     lengths = [int(row["num_frames"]) for row in manifest.rows]
     bar = tqdm(total=len(manifest), desc="evaluate", unit="mix", disable=not progress)
@@ -168,9 +176,9 @@ def evaluate_separator(
             ref = torch.from_numpy(sources)
             row = score_mixture(est_i, ref, mix0, k, active_threshold_db, sample_rate, quality)
             rows[i] = {"id": row_id, "num_frames": lengths[i], **row}
-            if i == example_index and example_path is not None:
-                _save_example(example_path, row_id, mixtures[b][0], sources, est_i.numpy(),
-                              row, sample_rate)
+            if i in example_paths:
+                _save_example(example_paths[i], row_id, mixtures[b][0], sources,
+                              est_i.numpy(), row, sample_rate)
         bar.update(len(batch))
     bar.close()
     per_mixture = [rows[i] for i in range(len(manifest))]
@@ -191,17 +199,29 @@ def evaluate_separator(
         "sample_rate": sample_rate,
         "quality_metrics": sorted(quality),
     }
-    if example_path is not None:
-        result["example"] = {"id": manifest.rows[example_index]["id"], "path": str(example_path)}
+    if example_dir is not None:
+        result["examples"] = [{"id": manifest.rows[i]["id"], "path": str(path)}
+                              for i, path in example_paths.items()]
+        if result["examples"]:
+            result["example"] = result["examples"][0]
     return result
+
+
+def example_name(index: int, row_id: str) -> str:
+    """File name of the example of manifest row `index`: "<index>_<id>.npz", the id's
+    characters other than letters, digits, ".", "-" and "_" replaced by "_" (at most 60 of
+    them); the index keeps names apart when two ids reduce to one."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(row_id))[:60]
+    return f"{index}_{safe}.npz"
 
 
 def _save_example(
     path: str | os.PathLike, row_id: str, mixture: np.ndarray, sources: np.ndarray,
     est: np.ndarray, row: dict[str, Any], sample_rate: int,
 ) -> None:
-    """One mixture for the report's spectrograms: mixture (T,), references (k, T), all
-    outputs (M, T), the top-k outputs in reference order and the oracle groups."""
+    """One test mixture kept (the page's players, the report's spectrograms): mixture (T,),
+    references (k, T), all outputs (M, T), the top-k outputs in reference order and the
+    oracle groups."""
     with atomic_path(path) as tmp:
         np.savez_compressed(
             tmp, id=row_id, sample_rate=sample_rate, mixture=mixture, references=sources,
@@ -216,19 +236,28 @@ def evaluate_into_run(
     eval_dir: str | os.PathLike,
     system: str,
     stage: str | None = None,
+    examples: int = 3,
     **kwargs: Any,
 ) -> Path:
     """Evaluate and write EVAL/<system>.json (the report's input: EVAL = RUN/eval, or
-    RUN/eval/sets/<name> for an extra test set) with the example mixture in
-    EVAL/examples/<system>.npz. `system` names the row of the results table; `stage` the
-    run stage it comes from."""
+    RUN/eval/sets/<name> for an extra test set) with the first `examples` test mixtures in
+    EVAL/examples/<system>/, their paths relative to EVAL. Example files of
+    `system` the new result does not list (an earlier evaluation's, or the one-example
+    layout's EVAL/examples/<system>.npz) are removed. `system` names the row of the results
+    table; `stage` the run stage it comes from."""
     eval_dir = Path(eval_dir)
-    example = eval_dir / "examples" / f"{system}.npz"
-    result = evaluate_separator(model, manifest, example_path=example, **kwargs)
-    result["example"]["path"] = str(example.relative_to(eval_dir))
+    folder = eval_dir / "examples" / system
+    result = evaluate_separator(model, manifest, examples=examples, example_dir=folder,
+                                **kwargs)
+    for entry in result["examples"]:  # result["example"] is the first of these
+        entry["path"] = Path(entry["path"]).relative_to(eval_dir).as_posix()
     result.update(system=system, stage=stage or system)
     out = eval_dir / f"{system}.json"
     write_json_atomic(out, result)
+    listed = {eval_dir / entry["path"] for entry in result["examples"]}
+    for stale in [*folder.glob("*.npz"), eval_dir / "examples" / f"{system}.npz"]:
+        if stale not in listed:
+            stale.unlink(missing_ok=True)
     return out
 
 
@@ -276,7 +305,8 @@ def evaluate_stages(config: RecipeConfig, test: Manifest, eval_dir: Path, run_di
         model = load_separator(Path(summary["checkpoint"])).to(device)
         evaluate_into_run(model, test, eval_dir, system=system, stage=system,
                           k=config.model.student_outputs,
-                          active_threshold_db=config.eval.active_threshold_db, progress=progress)
+                          active_threshold_db=config.eval.active_threshold_db,
+                          examples=config.eval.examples, progress=progress)
         result = json.loads(out.read_text())
         result.update(recipe_key=stamp, checkpoint=in_run(summary["checkpoint"], run_dir),
                       train_seconds=summary.get("train_seconds"), steps=summary.get("steps"),

@@ -2,7 +2,7 @@
 statement of which of the paper's claims hold as measured, and PNG plots.
 
 Inputs (see tsmixit.recipe): RUN/<stage>/summary.json, RUN/<stage>/metrics.csv,
-RUN/eval/<system>.json and RUN/eval/examples/<system>.npz (from
+RUN/eval/<system>.json and the example it names, RUN/eval/examples/<system>/*.npz (from
 tsmixit.evaluation.evaluate.evaluate_into_run). Systems without an evaluation are left out.
 Outputs: RUN/report.md, RUN/report.json, RUN/plots/*.png.
 """

@@ -9,11 +9,14 @@ Routes (JSON errors are {"error": message}):
     GET  /api/jobs/ID               status, progress, error, tracks; DELETE removes it
     GET  /api/jobs/ID/audio/KEY     a track (KEY: mixture, s1, s2, ...); ?download=1 attaches
     GET  /api/jobs/ID/spectrogram/KEY, /api/jobs/ID/all.zip
-    GET  /api/run, /api/run/plots/NAME, /api/run/examples/SYSTEM/KEY.wav|.png
+    GET  /api/run, /api/run/plots/NAME
+    GET  /api/run/examples/SYSTEM/N  kept test mixture N of a system: its tracks (peaks, URLs)
+    GET  /api/run/examples/SYSTEM/N/KEY.wav|.png
 
-Files are served only by name lookups in what the server made or the report lists (a job's
-tracks, the report's plots, the examples of its systems) and from the package's static
-folder (whose server refuses paths leading out of it): never by joining a requested path.
+Files are served only by name lookups in what the server made or the run lists (a job's
+tracks, the report's plots, the example files its systems' evaluations list) and from the
+package's static folder (whose server refuses paths leading out of it): never by joining a
+requested path.
 The upload is streamed into the job's own folder, counted against the limit as it arrives.
 """
 
@@ -258,15 +261,25 @@ def create_app(
 
     async def run_example(request: Request) -> Response:
         results = need_run()
-        system, key, kind = (request.path_params[p] for p in ("system", "key", "kind"))
+        system, n = request.path_params["system"], request.path_params["n"]
+        try:
+            return JSONResponse(await run_in_threadpool(results.tracks, system, n))
+        except KeyError:
+            raise HTTPException(404, f"no example {system}/{n} in this run.") from None
+
+    async def run_example_track(request: Request) -> Response:
+        results = need_run()
+        system, n, key, kind = (request.path_params[p] for p in ("system", "n", "key", "kind"))
         try:
             if kind == "wav":
-                return Response(results.wav(system, key), media_type="audio/wav")
+                return Response(await run_in_threadpool(results.wav, system, n, key),
+                                media_type="audio/wav")
             if kind == "png":
-                return Response(results.drawing(system, key).png, media_type="image/png")
+                drawing = await run_in_threadpool(results.drawing, system, n, key)
+                return Response(drawing.png, media_type="image/png")
         except KeyError:
             pass
-        raise HTTPException(404, f"no example track {system}/{key}.{kind} in this run.")
+        raise HTTPException(404, f"no example track {system}/{n}/{key}.{kind} in this run.")
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -288,7 +301,8 @@ def create_app(
         Route("/api/jobs/{job}/all.zip", job_zip),
         Route("/api/run", run_summary),
         Route("/api/run/plots/{name}", run_plot),
-        Route("/api/run/examples/{system}/{key}.{kind}", run_example),
+        Route("/api/run/examples/{system}/{n}", run_example),
+        Route("/api/run/examples/{system}/{n}/{key}.{kind}", run_example_track),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_Headers)],

@@ -232,6 +232,9 @@ class EvalConfig:
     split: Literal["train", "valid", "test"] = "test"
     active_threshold_db: float = -20.0
     max_mixtures: int | None = None
+    # Test mixtures kept per system for listening (the first rows of the test set, the same
+    # for every system): RUN/eval/examples/<system>/, shown by `tsmixit serve --run`.
+    examples: int = 3
     # Test sets beside the corpus's own: manifests or WSJ0-2mix folders (their "test" rows,
     # at most max_mixtures), each scored for every system; one column each in the report.
     extra_sets: list[str] = field(default_factory=list)
@@ -482,6 +485,7 @@ def _check(config: RecipeConfig) -> None:
     _check_methods(config)
     positive("stages.label.max_mixtures", config.stages.label.max_mixtures)
     positive("eval.max_mixtures", config.eval.max_mixtures)
+    positive("eval.examples", config.eval.examples)
     if config.corpus.manifest is None and config.corpus.preset is None:
         raise ConfigError("set config key 'corpus.manifest' (a manifest.jsonl) or 'corpus.preset'")
     _check_model(config)

@@ -399,43 +399,102 @@ function showRun(run) {
       el("div", {}, el("div", { text: c.claim }), el("div", { class: "claim-detail", text: c.detail })));
   }));
 
-  const examples = $("run-examples");
-  examples.replaceChildren();
-  const byMixture = new Map();
-  for (const example of run.examples) {
-    if (!byMixture.has(example.id)) byMixture.set(example.id, []);
-    byMixture.get(example.id).push(example);
-  }
-  for (const [id, group] of byMixture) {
-    const card = el("div", { class: "card" },
-      el("h2", { text: `Listen: test mixture ${id}` }),
-      el("p", { class: "meta", text: "The mixture and its true sources, then what each system made of it " +
-        "(estimates in the order of the true sources)." }));
-    const truth = group[0].tracks.filter((t) => t.group === "mixture" || t.group === "references");
-    const top = peakOf(truth);
-    const block = el("div", { class: "tracks grid system-truth" });
-    truth.forEach((t, i) => block.append(makeTrack(t, t.group === "mixture" ? MIXTURE_COLOUR
-      : COLOURS[(i - 1) % COLOURS.length], { compact: true, download: false, top })));
-    card.append(block);
-    for (const example of group) {
-      const section = el("div", { class: "system" }, el("h3", { text: example.label }));
-      const list = el("div", { class: "tracks grid" });
-      let n = 0;
-      for (const t of example.tracks) {
-        if (t.group === "mixture" || t.group === "references") continue;
-        const colour = t.group === "others" ? MIXTURE_COLOUR : COLOURS[n++ % (run.k || 2)];
-        list.append(makeTrack(t, colour, { compact: true, download: false, top }));
-      }
-      section.append(list);
-      card.append(section);
-    }
-    examples.append(card);
-  }
+  showListen(run);
 
   $("run-plots").replaceChildren(...run.plots.map((p) => el("figure", {},
     el("a", { href: p.url, target: "_blank", rel: "noopener" },
       el("img", { src: p.url, alt: p.name, loading: "lazy" })),
     el("figcaption", { text: p.name.replace(/\.png$/, "").replace(/_/g, " ") }))));
+}
+
+// The kept test mixtures: a picker, and for the picked one its mixture and true sources, then
+// each system's estimates. A mixture's tracks are fetched when it is first picked.
+
+function scoreText(entry, oracle, k) {
+  const db = (v) => `${Number(v).toFixed(2)} dB`;
+  if (entry.si_snri_topk === undefined) return "";
+  if (oracle && entry.si_snri_oracle !== undefined) {
+    return `SI-SNRi ${db(entry.si_snri_topk)} top-${k} · ${db(entry.si_snri_oracle)} oracle`;
+  }
+  return `SI-SNRi ${db(entry.si_snri_topk)}`;
+}
+
+async function buildMixture(run, mixture) {
+  const examples = await Promise.all(mixture.systems.map((s) => getJSON(s.url)));
+  const all = examples.flatMap((e) => e.tracks);
+  const top = peakOf(all);
+  const truth = examples[0].tracks.filter((t) => t.group === "mixture" || t.group === "references");
+  const panel = el("div", { class: "mixture-panel" });
+  const block = el("div", { class: "tracks grid" });
+  truth.forEach((t, i) => block.append(makeTrack(t, t.group === "mixture" ? MIXTURE_COLOUR
+    : COLOURS[(i - 1) % COLOURS.length], { compact: true, download: false, top })));
+  panel.append(el("div", { class: "system truth" },
+    el("div", { class: "system-head" }, el("h3", { text: "Mixture and true sources" }),
+      el("span", { class: "meta", text: `${clock(truth[0].seconds)} · ${mixture.id}` })), block));
+  examples.forEach((example, e) => {
+    const oracle = example.tracks.some((t) => t.group === "oracle");
+    const list = el("div", { class: "tracks grid" });
+    const seen = {};  // tracks so far per group: estimate i and oracle group i share a colour
+    for (const t of example.tracks) {
+      if (t.group === "mixture" || t.group === "references") continue;
+      const n = seen[t.group] = (seen[t.group] ?? -1) + 1;
+      const colour = t.group === "others" ? MIXTURE_COLOUR : COLOURS[n % COLOURS.length];
+      list.append(makeTrack(t, colour, { compact: true, download: false, top }));
+    }
+    panel.append(el("div", { class: "system", "data-system": example.system },
+      el("div", { class: "system-head" }, el("h3", { text: example.label }),
+        el("span", { class: "score", text: scoreText(mixture.systems[e], oracle, run.k || 2) })), list));
+  });
+  return panel;
+}
+
+function showListen(run) {
+  const box = $("run-examples");
+  if (!run.mixtures.length) { box.replaceChildren(); return; }
+  const panels = new Map();  // mixture index -> its built panel (a promise)
+  const holder = el("div", { class: "mixture-holder", role: "tabpanel", "aria-live": "polite" });
+  const tabs = run.mixtures.map((m, i) => el("button", {
+    type: "button", role: "tab", class: "pick", "data-mixture": m.id, title: m.id },
+    el("span", { class: "pick-n", text: `Mixture ${i + 1}` }), el("span", { class: "pick-id", text: m.id })));
+  const pick = async (i) => {
+    if (state.playing) state.playing.pause();
+    tabs.forEach((tab, j) => {
+      tab.setAttribute("aria-selected", String(i === j));
+      tab.tabIndex = i === j ? 0 : -1;
+    });
+    if (!panels.has(i)) panels.set(i, buildMixture(run, run.mixtures[i]));
+    holder.replaceChildren(el("p", { class: "meta loading", text: "Loading the tracks…" }));
+    try {
+      const panel = await panels.get(i);
+      if (tabs[i].getAttribute("aria-selected") === "true") holder.replaceChildren(panel);
+    } catch (error) {
+      panels.delete(i);
+      const alert = el("div", { class: "alert", role: "alert" });
+      showError(alert, error.message, "This mixture's tracks cannot be shown");
+      holder.replaceChildren(alert);
+    }
+  };
+  tabs.forEach((tab, i) => {
+    tab.addEventListener("click", () => pick(i));
+    tab.addEventListener("keydown", (event) => {
+      const step = event.key === "ArrowRight" ? 1 : event.key === "ArrowLeft" ? -1 : 0;
+      if (!step) return;
+      const j = (i + step + tabs.length) % tabs.length;
+      tabs[j].focus();
+      pick(j);
+    });
+  });
+  const systems = new Set(run.mixtures.flatMap((m) => m.systems.map((s) => s.system))).size;
+  const card = el("div", { class: "card listen" },
+    el("h2", { text: "Listen: test mixtures" }),
+    el("p", { class: "meta", text: `${run.mixtures.length} test mixture` +
+      `${run.mixtures.length === 1 ? "" : "s"} kept for each of ${systems} system` +
+      `${systems === 1 ? "" : "s"}: the mixture and its true sources, then what each system ` +
+      "made of it (estimates in the order of the true sources; waveforms on one scale)." }),
+    el("div", { class: "picker", role: "tablist", "aria-label": "Test mixture" }, ...tabs),
+    holder);
+  box.replaceChildren(card);
+  pick(0);
 }
 
 let runLoaded = false;
