@@ -47,7 +47,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from tsmixit.data.datasets import MixtureOfMixturesDataset, SemiSupervisedBatches
+from tsmixit.data.datasets import SemiSupervisedBatches
 from tsmixit.losses import pit, snr_tau
 from tsmixit.training.fit import (
     StageContext,
@@ -55,9 +55,9 @@ from tsmixit.training.fit import (
     model_hparams,
     stage_data,
     system_options,
-    validation_set,
 )
 from tsmixit.training.plan import Stage
+from tsmixit.training.stages.teacher import mixit_validation
 from tsmixit.training.systems import MixITTeacher
 
 #: SNR_max of the zero references (tau_0 = 10^(-ZERO_SNR_MAX / 10), relative to |x|^2).
@@ -156,12 +156,7 @@ def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
     options = cfg.stages.semi_mixit
     segment = splits.frames(cfg.data.segment_seconds)
     n_mom, n_labelled = batch_split(options.labelled_share, cfg.data.batch_size)
-    valid = validation_set(ctx)
-    monitor = "val_si_snri" if valid is not None else None
-    if valid is None and len(splits.valid_all) >= 2:
-        valid = MixtureOfMixturesDataset(splits.valid_all, segment, seed=cfg.train.seed + 1,
-                                         reference_only=ctx.reference_only)
-        monitor = "val_loss"
+    valid, monitor = mixit_validation(ctx, segment)
     system = SemiMixIT(
         model_hparams(ctx, cfg.model.teacher_outputs, cfg.model.teacher_consistency),
         k=cfg.model.student_outputs, supervised_weight=options.supervised_weight,

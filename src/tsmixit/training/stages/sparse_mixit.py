@@ -37,9 +37,9 @@ from tsmixit.training.fit import (
     model_hparams,
     stage_data,
     system_options,
-    validation_set,
 )
 from tsmixit.training.plan import Stage
+from tsmixit.training.stages.teacher import mixit_validation
 from tsmixit.training.systems import MixITTeacher
 
 
@@ -114,12 +114,7 @@ def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
     cfg, splits = ctx.config, ctx.splits
     section = cfg.stages.sparse_mixit
     segment = splits.frames(cfg.data.segment_seconds)
-    valid = validation_set(ctx)
-    monitor = "val_si_snri" if valid is not None else None
-    if valid is None and len(splits.valid_all) >= 2:
-        valid = MixtureOfMixturesDataset(splits.valid_all, segment, seed=cfg.train.seed + 1,
-                                         reference_only=ctx.reference_only)
-        monitor = "val_loss"
+    valid, monitor = mixit_validation(ctx, segment)
     system = SparseMixIT(
         model_hparams(ctx, section.outputs, cfg.model.teacher_consistency),
         k=cfg.model.student_outputs, mixit=section.mixit,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch.utils.data import Dataset
+
 from tsmixit.data.datasets import MixtureOfMixturesDataset
 from tsmixit.training.fit import (
     StageContext,
@@ -23,15 +25,23 @@ from tsmixit.training.plan import Stage
 from tsmixit.training.systems import MixITTeacher
 
 
+def mixit_validation(ctx: StageContext, segment: int | None) -> tuple[Dataset | None, str | None]:
+    """A MixIT system's validation set and monitored value: the labelled validation mixtures
+    (top-k "val_si_snri"), else validation mixtures of mixtures ("val_loss"), else none."""
+    valid = validation_set(ctx)
+    if valid is not None:
+        return valid, "val_si_snri"
+    if len(ctx.splits.valid_all) >= 2:
+        return MixtureOfMixturesDataset(ctx.splits.valid_all, segment,
+                                        seed=ctx.config.train.seed + 1,
+                                        reference_only=ctx.reference_only), "val_loss"
+    return None, None
+
+
 def run(stage: Stage, ctx: StageContext, folder: Path) -> dict:
     cfg, splits = ctx.config, ctx.splits
     segment = splits.frames(cfg.data.segment_seconds)
-    valid = validation_set(ctx)
-    monitor = "val_si_snri" if valid is not None else None
-    if valid is None and len(splits.valid_all) >= 2:
-        valid = MixtureOfMixturesDataset(splits.valid_all, segment, seed=cfg.train.seed + 1,
-                                         reference_only=ctx.reference_only)
-        monitor = "val_loss"
+    valid, monitor = mixit_validation(ctx, segment)
     system = MixITTeacher(
         model_hparams(ctx, cfg.model.teacher_outputs, cfg.model.teacher_consistency),
         k=cfg.model.student_outputs, mixit=cfg.model.mixit, monitor=monitor,
