@@ -9,6 +9,11 @@ for ``tiny``). The bounds below leave a margin of about 2-3x. PReLU slopes are l
 the per-tensor gradient bounds of the whole network: each is a sum over every activation
 whose terms cancel, so any perturbation moves it a lot (0.1 % noise on the weights flips the
 sign of the first block's slope gradient in float32 alone); they enter the overall bound.
+
+The inference path (no gradients) is checked against torch's own layers (the model with the
+path switched off): float32 within 1e-5 relative (measured about 1e-6 for tiny, small and
+paper); the bfloat16 inference path within 35 dB SI-SNR of float32 on random weights (measured
+about 40 dB at random initialisation, 54-60 dB for trained weights, benchmarks/bench_separate.py).
 """
 
 import pytest
@@ -16,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from tsmixit.models import _cpu_kernels as ck
-from tsmixit.models.conv_tasnet import ConvTasNet
+from tsmixit.models.conv_tasnet import ConvTasNet, DepthwiseConv
 
 BF16 = torch.bfloat16
 
@@ -258,3 +263,187 @@ def test_cpu_flags_and_measurement_are_sane():
 def test_conv_tasnet_declares_the_bf16_path():
     """What the training code reads to choose bf16-mixed (only separators that have the path)."""
     assert ConvTasNet.supports_cpu_bf16 is True
+
+
+# ---- the inference path -------------------------------------------------------------------
+
+
+def torch_layers(model, x):
+    """The model's output through torch's own layers (the inference path switched off)."""
+    fast = ck.use_fast_inference
+    ck.use_fast_inference = lambda x: False
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        ck.use_fast_inference = fast
+
+
+def perturbed(model):
+    """Non-trivial norm scales and shifts and biases, so that every fold is exercised."""
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def speechlike(batch, frames, seed=0):
+    """Lowpassed noise under a syllable-rate envelope, (batch, T), about 0.1 RMS."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = F.avg_pool1d(torch.randn(batch, 1, frames + 7, generator=gen), 8, stride=1)[:, 0]
+    t = torch.arange(frames) / 8000
+    return 0.3 * noise * (0.5 + 0.5 * torch.sin(2 * torch.pi * 4 * t) ** 2)
+
+
+def si_snr_db(est, ref):
+    """SI-SNR of est against ref per row, dB: (..., T) -> (...)."""
+    est, ref = est - est.mean(-1, keepdim=True), ref - ref.mean(-1, keepdim=True)
+    target = (est * ref).sum(-1, keepdim=True) / ref.square().sum(-1, keepdim=True) * ref
+    return 10 * torch.log10(target.square().sum(-1) / (est - target).square().sum(-1))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"n_channels": 2}, {"mask_activation": "sigmoid"},
+    {"mask_activation": "softmax", "n_sources": 3}, {"consistency": "energy"},
+    {"P": 2, "X": 3},  # even kernel, dilation 2: no tap at shift 0
+    {"P": 4}, {"Sc": 24},
+])
+@pytest.mark.parametrize("frames", [1, 37, 2001])
+def test_inference_path_equals_torch_layers(kwargs, frames):
+    """Two different examples (per-example statistics); 1 and 37 samples leave taps of the
+    dilated convolutions outside the input (the edge corrections)."""
+    torch.manual_seed(0)
+    model = perturbed(ConvTasNet.from_preset("tiny", **kwargs))
+    x = torch.randn(2, kwargs.get("n_channels", 1), frames).squeeze(1)
+    x[1] *= 3.0
+    ref = torch_layers(model, x)
+    with torch.inference_mode():
+        out = model(x)
+    assert out.shape == ref.shape
+    assert rel(out, ref) < 1e-5
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_inference_path_only_without_gradients_and_not_when_tracing(monkeypatch):
+    """With gradients (training) and under tracing (ONNX export) the network runs its layers;
+    float64 input too."""
+    def refuse(*args):
+        raise AssertionError("the inference path ran")
+
+    monkeypatch.setattr(ck, "mask_network_inference", refuse)
+    model = ConvTasNet.from_preset("tiny").eval()
+    x = torch.randn(1, 400)
+    model(x).sum().backward()
+    with torch.no_grad():
+        torch.jit.trace(model, x, check_trace=False)  # its check reruns it untraced
+        model.double()(x.double())
+    with torch.no_grad(), pytest.raises(AssertionError, match="inference path ran"):
+        model.float()(x)
+
+
+def test_normalize_is_gln_without_gamma_and_beta():
+    y = torch.randn(2, 50, 6) * torch.tensor([[[1.0]], [[4.0]]]) + 2.0  # (batch, K, C)
+    got = ck._normalize(y, 1e-8)
+    yd = y.double()
+    mean = yd.mean(dim=(1, 2), keepdim=True)
+    var = (yd - mean).square().mean(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(got.double(), (yd - mean) / (var + 1e-8).sqrt(), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("P, dilation, causal", [(3, 1, False), (3, 4, False), (2, 2, False),
+                                                 (4, 1, False), (3, 2, True)])
+@pytest.mark.parametrize("frames", [1, 3, 40])
+def test_depthwise_of_gln_equals_the_convolution_of_the_norm(P, dilation, causal, frames):
+    """Against the brute force: gamma u + beta formed, zero-padded, convolved by torch."""
+    conv = DepthwiseConv(5, P, dilation, causal)
+    norm = torch.nn.GroupNorm(1, 5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(5))
+        norm.bias.copy_(torch.randn(5))
+        conv.bias.copy_(torch.randn(5))
+    u = torch.randn(2, frames, 5)  # (batch, K, H)
+    with torch.no_grad():
+        got = ck._depthwise_of_gln(u, conv, conv.pad, norm)
+        normed = (u * norm.weight + norm.bias).transpose(1, 2)  # (batch, H, K)
+        want = F.conv1d(F.pad(normed, conv.pad), conv.weight, conv.bias, dilation=dilation,
+                        groups=5).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_moves_gamma_and_beta_into_the_convolution():
+    conv, norm = torch.nn.Conv1d(6, 4, 1), torch.nn.GroupNorm(1, 6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(6))
+        norm.bias.copy_(torch.randn(6))
+        u = torch.randn(3, 6, 9)  # (batch, C_in, K)
+        weight, bias = ck._fold(conv, norm)
+        want = conv(u * norm.weight[:, None] + norm.bias[:, None])  # (batch, C_out, K)
+        got = torch.einsum("oi,bik->bok", weight, u) + bias[:, None]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_encode_and_decode_frames_equal_the_convolutions():
+    encoder = torch.nn.Conv1d(1, 12, 16, stride=8, bias=False)
+    decoder = torch.nn.ConvTranspose1d(12, 1, 16, stride=8, bias=False)
+    x = torch.randn(2, 8 * 30 + 8)  # (batch, T_pad): 30 frames
+    with torch.no_grad():
+        w = ck.encode_frames(x, encoder.weight, 8)  # (batch, K, N)
+        torch.testing.assert_close(w, encoder(x[:, None]).transpose(1, 2), rtol=1e-5,
+                                   atol=1e-6)
+        masked = torch.randn(2, 30, 3, 12)  # (batch, K, C, N)
+        want = decoder(masked.permute(0, 2, 3, 1).reshape(6, 12, 30)).view(2, 3, -1)
+        torch.testing.assert_close(ck.decode_frames(masked, decoder.weight), want, rtol=1e-5,
+                                   atol=1e-6)
+
+
+@pytest.fixture
+def bf16_inference_on(monkeypatch):
+    """The bfloat16 inference path for any width, whatever this CPU has (numerics only)."""
+    monkeypatch.setattr(ck, "bf16_training_available", lambda: True)
+    monkeypatch.setattr(ck, "BF16_INFERENCE_MIN_CHANNELS", 1)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"n_channels": 2, "mask_activation": "softmax"}])
+def test_bf16_inference_within_tolerance_of_float32(bf16_inference_on, kwargs):
+    torch.manual_seed(0)
+    model = ConvTasNet.from_preset("tiny", **kwargs).eval()
+    x = speechlike(2, 8000)
+    if kwargs:
+        x = torch.stack([x, speechlike(2, 8000, seed=1)], dim=1)  # (batch, mics, T)
+    with torch.inference_mode():
+        ref = model(x)
+        with ck.allow_bf16_inference():
+            out = model(x)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    snr = si_snr_db(out, ref)
+    assert (snr > 35.0).all(), snr
+    assert (snr < 80.0).all(), snr  # it did run in bfloat16
+
+
+def test_bf16_inference_only_where_allowed_wide_and_switched_on(monkeypatch):
+    """Outside ``allow_bf16_inference``, for narrow products, without the CPU flags or with
+    the switch off, inference is float32: the same bits as the float32 path."""
+    monkeypatch.setattr(ck, "cpu_bf16_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(ck, "bf16_matmul_speedup", lambda: 3.0)
+    monkeypatch.setenv(ck.BF16_MODE_ENV, "auto")
+    assert not ck.bf16_inference(512)
+    with ck.allow_bf16_inference():
+        assert ck.bf16_inference(ck.BF16_INFERENCE_MIN_CHANNELS)
+        assert not ck.bf16_inference(ck.BF16_INFERENCE_MIN_CHANNELS - 1)
+        monkeypatch.setenv(ck.BF16_MODE_ENV, "off")
+        assert not ck.bf16_inference(512)
+        monkeypatch.setenv(ck.BF16_MODE_ENV, "on")
+        monkeypatch.setattr(ck, "cpu_bf16_flags", lambda: frozenset())
+        assert not ck.bf16_inference(512)
+    assert not ck.bf16_inference(512)  # the context resets
+    model = ConvTasNet.from_preset("tiny").eval()  # H = 64: below the width
+    x = torch.randn(1, 900)
+    monkeypatch.setattr(ck, "cpu_bf16_flags", lambda: frozenset({"avx512_bf16"}))
+    with torch.inference_mode():
+        ref = model(x)
+        with ck.allow_bf16_inference():
+            assert torch.equal(model(x), ref)

@@ -1,14 +1,15 @@
 """Hand-written CPU backward passes for the layers a separator repeats most (PReLU, PReLU
-followed by a one-group norm (gLN), and the same-length depthwise convolution), and the
-bfloat16 training path of Conv-TasNet's mask network (second half of this file).
+followed by a one-group norm (gLN), and the same-length depthwise convolution), the bfloat16
+training path of Conv-TasNet's mask network (second part of this file), and Conv-TasNet's
+time-major inference path, float32 or bfloat16 (third part).
 
 Notation: x (batch, C, K) is a layer's input, C channels over K frames; a is the PReLU's one
 shared slope; gamma, beta (C,) are the norm's per-channel scale and shift; w (C, 1, P) and
 b (C,) are the depthwise filters (P taps) and biases, d their dilation; grad is dL/d(output),
 shaped like the output. Each autograd function keeps the forward pass of torch and replaces
 its backward pass; the layers in ``tsmixit.models.conv_tasnet`` call them only when training
-on the CPU (gradients on, CPU tensors) and use plain torch operations otherwise (inference,
-ONNX export, GPU).
+on the CPU (gradients on, CPU tensors) and use plain torch operations otherwise (ONNX export,
+GPU; CPU inference takes the third part).
 
 Why by hand: torch's generic CPU backward kernels for PReLU and for depthwise convolutions
 are slower than the few fused operations below (``benchmarks/bench_cpu_kernels.py`` prints
@@ -18,6 +19,9 @@ autocast every function runs in float32.
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -169,16 +173,23 @@ def cpu_bf16_flags() -> frozenset[str]:
 @lru_cache(maxsize=1)
 def bf16_matmul_speedup() -> float:
     """float32 time / bfloat16 time of one 1x1-convolution-sized batched product
-    ((2, 256, 256) @ (2, 256, 2000)), best of 5 each, interleaved; about 50 ms."""
-    with torch.inference_mode(), torch.autocast("cpu", enabled=False):
-        w, x = torch.randn(256, 256), torch.randn(2, 256, 2000)
-        wb, xb = w.to(BF16), x.to(BF16)
-        best = {torch.float32: float("inf"), BF16: float("inf")}
-        for _ in range(6):
-            for dtype, (a, b) in ((torch.float32, (w, x)), (BF16, (wb, xb))):
-                start = time.perf_counter()
-                torch.matmul(a, b)
-                best[dtype] = min(best[dtype], time.perf_counter() - start)
+    ((2, 256, 256) @ (2, 256, 2000)), best of 5 each, interleaved, on one thread (the ratio
+    is the core's; with more threads a core busy with other work decides it: measured 0.75
+    on two threads of a shared 2-core machine whose one thread gives 3-5); about 50 ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+            w, x = torch.randn(256, 256), torch.randn(2, 256, 2000)
+            wb, xb = w.to(BF16), x.to(BF16)
+            best = {torch.float32: float("inf"), BF16: float("inf")}
+            for _ in range(6):
+                for dtype, (a, b) in ((torch.float32, (w, x)), (BF16, (wb, xb))):
+                    start = time.perf_counter()
+                    torch.matmul(a, b)
+                    best[dtype] = min(best[dtype], time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     return best[torch.float32] / best[BF16]
 
 
@@ -441,3 +452,206 @@ def decode_overlap_add(masked: Tensor, weight: Tensor) -> Tensor:
     # sample k * hop + j gets frames[k, j] (j < L) : rows of hop samples, two frames each
     out = F.pad(frames[..., :hop], (0, 0, 0, 1)) + F.pad(frames[..., hop:], (0, 0, 1, 0))
     return out.reshape(masked.shape[0], 1, -1)  # (M, 1, (K + 1) hop)
+
+
+
+# --------------------------------------------------------------------------------------------
+# The inference path.
+#
+# Without gradients on the CPU (``torch.no_grad`` or ``torch.inference_mode``: ``Separator``,
+# evaluation, export checks) Conv-TasNet with gLN runs the same layers in a time-major layout,
+# (batch, K, C), frames as rows: every 1x1 convolution is one matrix product y = x W^T; each
+# gLN is torch's group-norm kernel without its affine part, the per-channel gamma and beta
+# folded into the layer after it (W (gamma u + beta) + b = (W diag(gamma)) u + (W beta + b);
+# a depthwise convolution gets scaled taps, a constant and an edge correction); the biases of
+# the residual path are carried as one vector into the next block's first product instead of
+# being added to every frame; the residual and skip products accumulate into their streams;
+# PReLU is an in-place leaky ReLU; the depthwise convolution is P shifted multiply-adds
+# (torch's depthwise kernel is about ten times slower on CPU); the encoder is one product of
+# framed samples and the decoder one product and a two-term overlap-add.
+#
+# ``dtype`` is that of the products and of the activations between them: float32 (the
+# default: the same operations as the torch layers summed in another order, outputs within
+# about 1e-6 relative), or bfloat16 (products on the CPU's bfloat16 units, bfloat16 copies of
+# the float32 weights; the residual stream, the skip sum, the statistics, the encoder and the
+# decoder stay float32), which ``Separator`` takes where ``bf16_inference`` says so.
+# ``benchmarks/bench_separate.py`` measures both against Asteroid's ConvTasNet.
+
+BF16_INFERENCE_MIN_CHANNELS = 128
+"""The bfloat16 inference path pays only for products this wide (H, the blocks' channels):
+measured on an AVX512-BF16 CPU, ``small`` (H = 128) runs faster in bfloat16 and ``tiny``
+(H = 64) does not (``benchmarks/bench_separate.py``)."""
+
+
+def use_fast_inference(x: Tensor) -> bool:
+    """The inference path's condition: no gradients, a float32 CPU tensor, and no tracing,
+    scripting or compilation (ONNX export traces the plain layers)."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+    )
+
+
+_BF16_INFERENCE: ContextVar[bool] = ContextVar("tsmixit_bf16_inference", default=False)
+
+
+@contextmanager
+def allow_bf16_inference() -> Iterator[None]:
+    """Inside this block a separator with a CPU bfloat16 inference path may take it where
+    ``bf16_inference`` says so (``Separator`` separates inside it); elsewhere inference is
+    float32."""
+    token = _BF16_INFERENCE.set(True)
+    try:
+        yield
+    finally:
+        _BF16_INFERENCE.reset(token)
+
+
+def bf16_inference(channels: int) -> bool:
+    """Whether inference of a model whose blocks have ``channels`` channels takes the
+    bfloat16 path: inside ``allow_bf16_inference``, products at least
+    ``BF16_INFERENCE_MIN_CHANNELS`` wide, and the CPU flags, switch (``BF16_MODE_ENV``) and
+    measurement of ``bf16_training_available``."""
+    return (
+        _BF16_INFERENCE.get()
+        and channels >= BF16_INFERENCE_MIN_CHANNELS
+        and bf16_training_available()
+    )
+
+
+def _normalize(y: Tensor, eps: float) -> Tensor:
+    """gLN without gamma and beta, u = (y - mean) / sqrt(var + eps), mean and variance over
+    all frames and channels of each example (torch's group-norm kernel, float32 statistics
+    whatever y's dtype). y: (batch, K, C) -> u, same shape and dtype."""
+    batch = y.shape[0]
+    one = torch.ones(1, device=y.device)  # float32: the mixed-type kernel for bfloat16 y
+    u, _, _ = torch.native_group_norm(
+        y.reshape(batch, 1, -1), one, torch.zeros_like(one), batch, 1, y[0].numel(), 1, eps
+    )
+    return u.view_as(y)
+
+
+def _fold(conv: torch.nn.Conv1d, norm: torch.nn.GroupNorm) -> tuple[Tensor, Tensor]:
+    """A 1x1 convolution of gLN's output gamma u + beta as a product of u alone:
+    W (gamma u + beta) + b = (W diag(gamma)) u + (W beta + b).
+    conv.weight (C_out, C_in, 1) -> weight (C_out, C_in), bias (C_out,)."""
+    weight = conv.weight[..., 0]  # (C_out, C_in)
+    bias = weight @ norm.bias
+    if conv.bias is not None:
+        bias = bias + conv.bias
+    return weight * norm.weight, bias
+
+
+def _product(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """y = x W^T + b with operands in ``dtype`` (float32 or bfloat16 copies of the float32
+    weights). x: (batch, K, C_in), W: (C_out, C_in), b: (C_out,) -> (batch, K, C_out)."""
+    return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+
+
+def _accumulate(stream: Tensor, u: Tensor, weight: Tensor) -> None:
+    """stream += u W^T in place: the float32 product adds into the stream itself, a
+    bfloat16 one is added to it. stream: (batch, K, C_out) float32, u: (batch, K, C_in)."""
+    if u.dtype == stream.dtype:
+        stream.view(-1, stream.shape[-1]).addmm_(u.reshape(-1, u.shape[-1]), weight.t())
+    else:
+        stream.add_(F.linear(u, weight.to(u.dtype)))
+
+
+def _depthwise_of_gln(u: Tensor, conv: torch.nn.Conv1d, pad: tuple[int, int],
+                      norm: torch.nn.GroupNorm) -> Tensor:
+    """``DepthwiseConv`` (taps w_p, bias b, dilation d, zeros outside) of gLN's output
+    gamma u + beta without forming it: with s_p = p d - pad[0],
+
+        y[k] = b + sum_p w_p (gamma u[k + s_p] + beta)        (taps with 0 <= k + s_p < K)
+             = (b + beta sum_p w_p) + sum_p (gamma w_p) u[k + s_p]
+               - beta sum_{p: k + s_p outside} w_p,
+
+    P shifted multiply-adds over the frames and a correction of the first and last frames,
+    in u's dtype.
+
+    u: (batch, K, H) time-major -> (batch, K, H)
+    """
+    frames = u.shape[1]
+    taps = conv.weight[:, 0, :].t().contiguous()  # (P, H): contiguous rows, fast broadcasts
+    scaled = (norm.weight * taps).to(u.dtype)  # (P, H)
+    const = (conv.bias + norm.bias * taps.sum(dim=0)).to(u.dtype)  # (H,)
+    shifts = [p * conv.dilation[0] - pad[0] for p in range(taps.shape[0])]
+    centre = shifts.index(0) if 0 in shifts else None
+    if centre is None:
+        out = const.expand_as(u).contiguous()  # (batch, K, H)
+    else:
+        out = torch.addcmul(const, u, scaled[centre])
+    for p, s in enumerate(shifts):
+        if p == centre:
+            continue
+        lo = min(frames, max(0, -s))  # frames k < lo read before the input
+        hi = max(lo, min(frames, frames - s))  # frames k >= hi read after it
+        if hi > lo:
+            out[:, lo:hi].addcmul_(u[:, lo + s : hi + s], scaled[p])
+        outside = (norm.bias * taps[p]).to(u.dtype)  # (H,)
+        if lo > 0:
+            out[:, :lo].sub_(outside)
+        if hi < frames:
+            out[:, hi:].sub_(outside)
+    return out
+
+
+def mask_network_inference(net: torch.nn.Module, w: Tensor,
+                           dtype: torch.dtype = torch.float32) -> Tensor:
+    """``tsmixit.models.conv_tasnet.MaskNetwork.forward`` (gLN) without gradients,
+    time-major, products and activations in ``dtype`` (see the section's comment).
+
+    w: (batch, K, N_in) float32 -> masks (batch, K, C, N) in ``dtype``
+    """
+    weight, carry = _fold(net.bottleneck, net.in_norm)  # carry (B,): x + carry is the stream
+    x = _product(_normalize(w.to(dtype), net.in_norm.eps), weight, None, dtype).float()
+    skip = x.new_zeros(*x.shape[:2], net.mask_conv.in_channels)  # (batch, K, Sc)
+    skip_carry = x.new_zeros(skip.shape[-1])  # (Sc,): skip + skip_carry is the skip sum
+    for block in (b for blocks in net.repeats for b in blocks):
+        w_in = block.in_conv.weight[..., 0]  # (H, B)
+        h = _product(x, w_in, w_in @ carry + block.in_conv.bias, dtype)  # (batch, K, H)
+        norm1, norm2 = block.act_norm1.norm, block.act_norm2.norm
+        u = _normalize(F.leaky_relu_(h, float(block.act_norm1.act.weight)), norm1.eps)
+        y = _depthwise_of_gln(u, block.depthwise, block.depthwise.pad, norm1)  # (batch, K, H)
+        u = _normalize(F.leaky_relu_(y, float(block.act_norm2.act.weight)), norm2.eps)
+        if block.res_conv is not None:
+            weight, bias = _fold(block.res_conv, norm2)
+            _accumulate(x, u, weight)  # (batch, K, B)
+            carry = carry + bias
+        weight, bias = _fold(block.skip_conv, norm2)
+        _accumulate(skip, u, weight)  # (batch, K, Sc)
+        skip_carry = skip_carry + bias
+    act = F.leaky_relu_(skip.add_(skip_carry), float(net.out_act.weight))  # (batch, K, Sc)
+    masks = _product(act, net.mask_conv.weight[..., 0], net.mask_conv.bias, dtype)
+    masks = masks.view(*masks.shape[:2], net.n_sources, net.N)  # (batch, K, C, N)
+    if net.mask_activation == "relu":
+        return masks.relu_()
+    if net.mask_activation == "sigmoid":
+        return masks.sigmoid_()
+    return torch.softmax(masks, dim=2)
+
+
+def encode_frames(x: Tensor, weight: Tensor, hop: int) -> Tensor:
+    """The encoder ``Conv1d(1, N, L, stride=hop, bias=False)`` time-major: frames of x as
+    rows times U^T. x: (batch, T_pad), weight U: (N, 1, L) -> (batch, K, N), K frames."""
+    frames = x.unfold(-1, weight.shape[-1], hop)  # (batch, K, L), overlapping views
+    return torch.matmul(frames, weight[:, 0, :].t())  # (batch, K, N)
+
+
+def decode_frames(masked: Tensor, weight: Tensor) -> Tensor:
+    """The decoder ``ConvTranspose1d(N, 1, L, stride=L/2, bias=False)`` of time-major input:
+    one product to frames of L samples, then sample k L/2 + j gets frames[k, j] (j < L).
+
+    masked: (batch, K, C, N), weight V: (N, 1, L) -> (batch, C, (K + 1) L/2)
+    """
+    batch, frames, channels = masked.shape[:3]
+    hop = weight.shape[-1] // 2
+    out = torch.matmul(masked, weight[:, 0, :])  # (batch, K, C, L)
+    samples = out.new_zeros(batch, frames + 1, channels, hop)  # (batch, K+1, C, hop)
+    samples[:, :frames] = out[..., :hop]
+    samples[:, 1:] += out[..., hop:]
+    return samples.permute(0, 2, 1, 3).reshape(batch, channels, -1)  # (batch, C, T_pad)

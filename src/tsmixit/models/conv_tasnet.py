@@ -30,14 +30,22 @@ input for the backward pass and recomputes the PReLU there (4 instead of 6 activ
 per block); PReLU and the depthwise convolutions use the hand-written CPU backward passes of
 ``tsmixit.models._cpu_kernels``; the skip paths accumulate in place; the last block has no
 residual convolution (its output would be unused); ``checkpointing=True`` recomputes each
-repeat in the backward pass to trade time for activation memory. Inference, export and GPU
-use plain torch operations.
+repeat in the backward pass to trade time for activation memory. Export and GPU use plain
+torch operations.
+
+Inference on CPU (no gradients, gLN) runs the same layers on the time-major path of
+``tsmixit.models._cpu_kernels`` (1x1 convolutions as matrix products with the frames as rows,
+each gLN folded into the layer after it, shifted multiply-adds for the depthwise convolutions):
+float32 within about 1e-6 of the layers, and inside ``allow_bf16_inference`` (what
+``tsmixit.inference.Separator`` runs) bfloat16 products where the CPU has bfloat16 units and
+they pay. cLN models keep the layers. ``benchmarks/bench_separate.py`` measures it against
+Asteroid's ConvTasNet.
 
 Under CPU bfloat16 autocast (Lightning's ``precision="bf16-mixed"``) training takes the
 bfloat16 path of ``tsmixit.models._cpu_kernels`` (1x1 convolutions as bfloat16 matrix
 products, bfloat16 activations, float32 master weights) where the CPU has bfloat16 units and
 they measure faster; inference and CPUs without them run the exact float32 layers with
-autocast off. Without autocast nothing changes: float32 results are bit for bit the same.
+autocast off. Without autocast training is unchanged: float32 results are bit for bit the same.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from tsmixit.models.inputs import as_channels, build_preset
 Norm = Literal["gLN", "cLN"]
 MaskActivation = Literal["relu", "sigmoid", "softmax"]
 Consistency = Literal["uniform", "energy"] | None
+BF16 = torch.bfloat16
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's best non-causal system (15.3 dB SI-SNRi on WSJ0-2mix): 4.98 M parameters
@@ -382,22 +391,42 @@ class ConvTasNet(nn.Module):
         # frames tile the padded signal exactly: T_pad = (K - 1) L/2 + L.
         hop = self.stride
         x = F.pad(x, (hop, hop + (-T) % hop))  # (batch, mics, T_pad)
-        w = F.relu(self.encoder(x[:, :1]))  # (batch, N, K)
-        features = w
-        if self.spatial_encoder is not None:
-            spatial = F.relu(self.spatial_encoder(x.unsqueeze(1))).squeeze(2)  # (batch, S, K)
-            features = torch.cat([w, spatial], dim=1)  # (batch, N+S, K)
-        masks = self.separator(features, bf16)  # (batch, C, N, K)
-        masked = (masks * w.unsqueeze(1)).flatten(0, 1)  # (batch*C, N, K)
-        if bf16:
-            est = _cpu_kernels.decode_overlap_add(masked, self.decoder.weight)
+        if not bf16 and self.hparams["norm"] == "gLN" and _cpu_kernels.use_fast_inference(x):
+            est = self._infer(x)  # (batch, C, T_pad)
         else:
-            est = self.decoder(masked)  # (batch*C, 1, T_pad)
-        est = est.view(batch, self.n_sources, -1)  # (batch, C, T_pad)
+            w = F.relu(self.encoder(x[:, :1]))  # (batch, N, K)
+            features = w
+            if self.spatial_encoder is not None:
+                spatial = F.relu(self.spatial_encoder(x.unsqueeze(1))).squeeze(2)  # (batch, S, K)
+                features = torch.cat([w, spatial], dim=1)  # (batch, N+S, K)
+            masks = self.separator(features, bf16)  # (batch, C, N, K)
+            masked = (masks * w.unsqueeze(1)).flatten(0, 1)  # (batch*C, N, K)
+            if bf16:
+                est = _cpu_kernels.decode_overlap_add(masked, self.decoder.weight)
+            else:
+                est = self.decoder(masked)  # (batch*C, 1, T_pad)
+            est = est.view(batch, self.n_sources, -1)  # (batch, C, T_pad)
         est = est[..., hop : hop + T]  # (batch, C, T)
         if self.consistency is not None:
             est = mixture_consistency(est, x[:, 0, hop : hop + T], weights=self.consistency)
         return est
+
+    def _infer(self, x: Tensor) -> Tensor:
+        """The encoder, mask network and decoder on the inference path of ``_cpu_kernels``
+        (no gradients, CPU, gLN; time-major). x (batch, mics, T_pad) -> (batch, C, T_pad)."""
+        hop = self.stride
+        w = _cpu_kernels.encode_frames(x[:, 0], self.encoder.weight, hop).relu_()  # (batch, K, N)
+        features = w
+        if self.spatial_encoder is not None:
+            spatial = F.relu(self.spatial_encoder(x.unsqueeze(1))).squeeze(2)  # (batch, S, K)
+            features = torch.cat([w, spatial.transpose(1, 2)], dim=2)  # (batch, K, N+S)
+        dtype = BF16 if _cpu_kernels.bf16_inference(self.hparams["H"]) else torch.float32
+        masks = _cpu_kernels.mask_network_inference(self.separator, features, dtype)
+        if dtype == torch.float32:
+            masked = masks.mul_(w.unsqueeze(2))  # (batch, K, C, N)
+        else:
+            masked = torch.mul(masks, w.unsqueeze(2))  # float32
+        return _cpu_kernels.decode_frames(masked, self.decoder.weight)  # (batch, C, T_pad)
 
 
 def _check_hparams(hp: dict[str, Any]) -> None:
