@@ -29,8 +29,9 @@ Weights are random (seed 0): speed and memory do not depend on training.
         [--tasks forward file] [--skip-compare] [--skip-rtf] [--skip-rss]
 
 Asteroid runs in its own environment only (see benchmarks/bench_train_step.py for its
-installation); this file runs there as the Asteroid worker and imports tsmixit only on the
-tsmixit side.
+installation, plus ``pip install --no-deps julius``: ``file_separate`` imports it even when no
+resampling is needed); this file runs there as the Asteroid worker and imports tsmixit only
+on the tsmixit side.
 """
 
 from __future__ import annotations
