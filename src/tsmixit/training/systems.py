@@ -156,6 +156,14 @@ class SeparationSystem(L.LightningModule):
         if self.plateau is not None and metric is not None and not self.trainer.sanity_checking:
             self.plateau.step(metric.item())
 
+    def _validate_pit(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """The validation step of a k-output system: SI-SNRi and PIT loss against the
+        batch's true sources."""
+        est = self(batch["mixture"])  # (B, k, T)
+        self._validate_labelled(batch, est, est.shape[1])
+        loss, _ = pit(est, batch["sources"])
+        self._accumulate("val_loss", loss)
+
     def _validate_labelled(self, batch: dict[str, Tensor], est: Tensor, k: int) -> None:
         """SI-SNRi of estimates (B, E, T) against batch sources (B, S, T); teacher-style
         (E > k) also the oracle grouping."""
@@ -238,8 +246,4 @@ class PITSeparator(SeparationSystem):
         loss, _ = pit(self(mixture), targets)  # (B,)
         return self._train_loss(loss.mean())
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        est = self(batch["mixture"])  # (B, k, T)
-        self._validate_labelled(batch, est, est.shape[1])
-        loss, _ = pit(est, batch["sources"])
-        self._accumulate("val_loss", loss)
+    validation_step = SeparationSystem._validate_pit

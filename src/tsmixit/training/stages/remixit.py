@@ -43,7 +43,6 @@ from torch import Tensor
 
 from tsmixit.data.datasets import SegmentDataset
 from tsmixit.errors import ConfigError
-from tsmixit.losses import pit
 from tsmixit.metrics import top_k_by_energy
 from tsmixit.models.consistency import mixture_consistency
 from tsmixit.models.registry import build_separator
@@ -131,11 +130,7 @@ class RemixITStudent(SeparationSystem):
         loss = self.remix_loss(mixture, self.permutations(mixture.shape[0]))  # (B,)
         return self._train_loss(loss.mean())
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        est = self(batch["mixture"])  # (B, k, T)
-        self._validate_labelled(batch, est, est.shape[1])
-        loss, _ = pit(est, batch["sources"])
-        self._accumulate("val_loss", loss)
+    validation_step = SeparationSystem._validate_pit
 
 
 def require_single_channel(stage: Stage, ctx: StageContext) -> None:
