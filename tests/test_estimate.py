@@ -50,3 +50,20 @@ def test_timing_draws_no_numbers_from_the_runs_generator(context):
     assert torch.equal(torch.get_rng_state(), state)
     assert set(result.step_seconds) == {"teacher", "student"}
     assert all(v > 0 for v in [*result.step_seconds.values(), *result.forward_seconds.values()])
+
+
+@pytest.mark.parametrize("load, cores, threads, crowded", [
+    (1.0, 2, 2, False),   # only this run
+    (2.1, 2, 2, True),    # another job holds one of the two cores
+    (2.1, 2, 1, False),   # ... but one thread leaves it alone
+    (3.0, 16, 8, False),  # plenty of free cores
+    (9.0, 16, 8, False),  # 8 busy + 8 threads fill the 16 cores exactly
+    (10.0, 16, 8, True),  # 9 busy: crowded
+])
+def test_a_crowded_machine_gets_a_warning_naming_the_thread_count(load, cores, threads,
+                                                                   crowded):
+    warning = estimate_module.crowded_threads(load, cores, threads)
+    assert (warning is not None) == crowded
+    if crowded:
+        free = round(cores - (load - 1))
+        assert f"OMP_NUM_THREADS={max(1, free)}" in warning

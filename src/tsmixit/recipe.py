@@ -33,7 +33,7 @@ from tsmixit.errors import TrainingError
 from tsmixit.files import write_text_atomic
 from tsmixit.training.checkpoints import load_separator
 from tsmixit.training.config import RecipeConfig, quick_config
-from tsmixit.training.estimate import estimate
+from tsmixit.training.estimate import crowded_threads, estimate
 from tsmixit.training.fit import StageContext, summary_line
 from tsmixit.training.plan import Plan, fingerprint, shared_sections
 from tsmixit.training.run_folder import (
@@ -112,6 +112,8 @@ def _run_one(config: RecipeConfig, stages: list[str] | None, run_dir: Path, fres
     expected = estimate(ctx, to_run) if to_run and rank() == 0 else None
     if expected is not None:
         log.info("[estimate] %s", expected.describe())
+        if (crowded := crowded_threads()) is not None:
+            log.warning("[estimate] %s", crowded)
     for stage in plan.stages:
         if done[stage.name] is not None:
             log.info("[%s] finished earlier, skipped (%s)", stage.name,

@@ -18,6 +18,7 @@ The timing draws no random numbers from the run's generators (it forks them).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -56,6 +57,25 @@ class Estimate:
         return (f"measured {steps}: the {len(self.stage_seconds)} stage(s) to run should take "
                 f"about {self.total_seconds / 60:.1f} min on this machine (training, "
                 "validation and labelling; evaluation not included)")
+
+
+def crowded_threads(load: float | None = None, cores: int | None = None,
+                    threads: int | None = None) -> str | None:
+    """A warning when other processes keep busy the cores torch's threads need, else None.
+
+    busy = 1-minute load average - 1 (this process); crowded when busy > cores - threads + 0.5:
+    each parallel region then waits for its starved thread (README, "Speed", has the figure).
+    """
+    load = os.getloadavg()[0] if load is None else load
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    threads = torch.get_num_threads() if threads is None else threads
+    busy = max(0.0, load - 1.0)
+    if threads <= 1 or busy <= cores - threads + 0.5:
+        return None
+    free = max(1, int(cores - busy + 0.5))
+    return (f"other processes keep about {busy:.1f} of {cores} cores busy and torch runs "
+            f"{threads} threads: every step waits for the starved ones and may run many "
+            f"times slower; set OMP_NUM_THREADS={free} (or stop the other work) for this run")
 
 
 def _device(ctx: StageContext) -> torch.device:
