@@ -14,12 +14,16 @@ def test_pretraining_exports_a_model_with_its_card(tmp_path):
     config = load_config(None, tiny_overrides(corpus, steps=4, **{
         "stages.distill.rounds": 0, "stages.finetune.enabled": "false",
         "stages.supervised_fraction.enabled": "false", "eval.extra_sets": f"['{missing}']"}))
-    result = pretrain(config, tmp_path / "run")
+    result = pretrain(config, tmp_path / "run", embedded_preset="tiny")
     separator = load_model(result["model"])
     assert separator.sample_rate == 8000
     card = (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
     scores = json.loads((tmp_path / "run" / "eval" / "supervised_full.json").read_text())
     assert f"| corpus test split | {scores['mean']['si_snri_topk']:.2f} |" in card
+    # The embedded corpus (here the tiny preset's) is scored as an extra set.
+    embedded = json.loads((tmp_path / "run" / "eval" / "sets" / "embedded"
+                           / "supervised_full.json").read_text())
+    assert f"| embedded | {embedded['mean']['si_snri_topk']:.2f} |" in card
     assert f"Not scored (not on the machine): {missing}" in card
     assert "4 steps" in card and "## Voice sources and licences" in card
     assert list(result["stages"]) == ["supervised_full"]  # no teacher, no student

@@ -5,6 +5,9 @@ run folder layout, checkpoints every `train.checkpoint_every` steps, resume, fin
 then exported as a model folder with a model card:
 
     RUN/corpus/                  the pretraining corpus (built, or resumed, first)
+    RUN/embedded/                the demo's embedded corpus (preset "demo", seed 0): its test
+                                 split scores the model beside the demo's systems, which are
+                                 trained there alone
     RUN/supervised_full/         the stage: checkpoints/last.ckpt (resume), best.ckpt
     RUN/eval/, RUN/eval/sets/    scores on the corpus's test split and on eval.extra_sets
     RUN/model/                   model.safetensors + config.json (tsmixit.model_files)
@@ -34,6 +37,8 @@ from tsmixit.training.config import RecipeConfig
 
 log = logging.getLogger(__name__)
 STAGE = "supervised_full"
+#: The extra test set every pretrained model is scored on: the embedded corpus of `make demo`.
+EMBEDDED = "embedded"
 
 
 def available_sets(config: RecipeConfig) -> RecipeConfig:
@@ -48,14 +53,27 @@ def available_sets(config: RecipeConfig) -> RecipeConfig:
     return dataclasses.replace(config, eval=dataclasses.replace(config.eval, extra_sets=kept))
 
 
-def pretrain(config: RecipeConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Build the corpus, train (or resume) the supervised stage, evaluate, export with a
+def with_embedded_set(config: RecipeConfig, run_dir: Path, preset: str) -> RecipeConfig:
+    """The config with the embedded corpus of `preset` (seed 0, built or found in
+    RUN/embedded) added to the extra test sets."""
+    from tsmixit.corpus import build_corpus
+
+    manifest = build_corpus(run_dir / EMBEDDED, preset, seed=0,
+                            progress=config.train.progress)
+    sets = [*config.eval.extra_sets, str(manifest)]
+    return dataclasses.replace(config, eval=dataclasses.replace(config.eval, extra_sets=sets))
+
+
+def pretrain(config: RecipeConfig, run_dir: str | os.PathLike,
+             embedded_preset: str = "demo") -> dict[str, Any]:
+    """Build the corpus, train (or resume) the supervised stage, evaluate (the corpus's test
+    split, eval.extra_sets and the embedded corpus of `embedded_preset`), export with a
     model card. Returns the recipe's result plus "model" and "card"."""
     from tsmixit.recipe import run_recipe
 
     run_dir = Path(run_dir)
     missing = [p for p in config.eval.extra_sets if not Path(p).exists()]
-    config = available_sets(config)
+    config = with_embedded_set(available_sets(config), run_dir, embedded_preset)
     result = run_recipe(config, run_dir, stages=[STAGE, "eval"])
     summary = result["stages"][STAGE]
     model_dir = export(config, run_dir, summary, result, missing)
