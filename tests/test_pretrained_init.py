@@ -97,3 +97,14 @@ def test_bad_starting_models_are_refused_by_name(corpus, tmp_path):
     config = load_config(None, tiny_overrides(corpus, **{"model.init": str(tmp_path / "16k")}))
     with pytest.raises(TrainingError, match="16000 Hz audio, the corpus is 8000 Hz"):
         run_recipe(config, tmp_path / "run", stages=["pretrained"])
+
+
+def test_quick_runs_keep_the_size_of_the_pretrained_start(corpus, tmp_path):
+    from tsmixit.training.config import quick_config
+
+    save_tiny(tmp_path / "model", seed=1)
+    plain = load_config(None, tiny_overrides(corpus, **{"model.preset": "small"}))
+    assert quick_config(plain).model.preset == "tiny"
+    started = load_config(None, tiny_overrides(corpus, **{
+        "model.preset": "small", "model.init": str(tmp_path / "model")}))
+    assert quick_config(started).model.preset == "small"

@@ -291,8 +291,9 @@ QUICK = {"steps": 8, "val_every": 4, "label_mixtures": 16, "eval_mixtures": 6, "
 
 
 def quick_config(config: RecipeConfig) -> RecipeConfig:
-    """A smoke-test version of `config` (minutes on a CPU): the tiny preset, a few steps
-    per stage on short crops, few mixtures labelled, validated and evaluated."""
+    """A smoke-test version of `config` (minutes on a CPU): the tiny preset (unless the run
+    starts from a pretrained separator), a few steps per stage on short crops, few mixtures
+    labelled, validated and evaluated."""
     c = dataclasses.replace(config)  # shallow; every section below is replaced, not mutated
     stages = dataclasses.replace(config.stages)
     for name in BUDGET_STAGES:
@@ -305,7 +306,9 @@ def quick_config(config: RecipeConfig) -> RecipeConfig:
     c.data = dataclasses.replace(config.data, valid_max_mixtures=QUICK["valid"],
                                  segment_seconds=QUICK["segment_seconds"],
                                  batch_size=QUICK["batch_size"])
-    c.model = dataclasses.replace(config.model, preset=QUICK["preset"])
+    # A pretrained start (model.init) fixes the size: its weights must fit the separator.
+    preset = QUICK["preset"] if config.model.init is None else config.model.preset
+    c.model = dataclasses.replace(config.model, preset=preset)
     c.eval = dataclasses.replace(config.eval, max_mixtures=QUICK["eval_mixtures"])
     return c
 
