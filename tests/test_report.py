@@ -172,3 +172,20 @@ def test_no_methods_table_without_a_method(tmp_path):
     run = tmp_path / "run"
     _make_run(run)
     assert "Mixture-only methods" not in write_report(run).read_text()
+
+
+@pytest.mark.parametrize("pretrained_si, status", [(5.0, "holds"), (7.0, "does not hold")])
+def test_a_pretrained_start_claims_that_adapting_helps(tmp_path, pretrained_si, status):
+    run = tmp_path / "run"
+    _make_run(run, systems={**SYSTEMS, "pretrained": (pretrained_si, 6.0, [2] * 4, 0.0, None)},
+              records={**RECORDS, "pretrained": ("pretrained", None, -1, "none", [])})
+    write_report(run)
+    data = json.loads((run / "report.json").read_text())
+    claim = next(c for c in data["claims"] if "adapts the pretrained" in c["claim"])
+    assert claim["status"] == status  # the student scores 6.50 dB
+    assert f"vs pretrained {pretrained_si:.2f} dB" in claim["detail"]
+    # A run without a pretrained start does not make the claim at all.
+    _make_run(tmp_path / "plain")
+    write_report(tmp_path / "plain")
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert not any("pretrained" in c["claim"] for c in plain["claims"])
