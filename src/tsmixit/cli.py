@@ -2,6 +2,7 @@
 
     tsmixit corpus build --out DIR [--preset demo] [--seed 0] [--materialize] [--set key=value]
     tsmixit corpus import KIND PATH --out MANIFEST
+    tsmixit corpus real-voices --out DIR [--n 120] [--seed 3]
     tsmixit recipe --config configs/demo.yaml [--run-dir runs/demo] [--set key=value] [--quick]
     tsmixit pretrain [--config configs/pretrain.yaml] [--run-dir runs/pretrain]
     tsmixit evaluate --model M --data D [--json OUT]
@@ -75,6 +76,15 @@ def cmd_corpus_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_corpus_real_voices(args: argparse.Namespace) -> int:
+    from tsmixit.corpus.real_voices import build_real_voice_set
+
+    out = build_real_voice_set(args.out, n_mixtures=args.n, seed=args.seed)
+    print(f"{args.n} mixtures of two real voices -> {out} (a test set, never train on it: "
+          f"tsmixit evaluate --model MODEL --data {out})")
+    return 0
+
+
 def cmd_recipe(args: argparse.Namespace) -> int:
     from tsmixit.recipe import run_recipe
     from tsmixit.training.config import load_config
@@ -127,6 +137,10 @@ def _recipe_summary(summary: dict, wall_seconds: float) -> str:
         lines.append("")
         lines += [f"{c['status']:>13}: {c['claim']} ({c['detail']})" for c in results["claims"]]
         lines.append(f"\nreport: {summary.get('report')}")
+    if summary.get("real_voices_missing"):
+        lines.append("\nreal-voice test set (eval.real_voices) not scored: its Debian packages "
+                     "are missing. To add it: make voices-apt (as root), then rerun the same "
+                     "command (it only evaluates).")
     if summary.get("model"):
         lines.append(f"model:  {summary['model']}   (tsmixit separate --model {summary['model']} "
                      "FILE --out DIR)")
@@ -237,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                      help="importer options, e.g. sample_rate=8000 mode=min channels=[0,1]")
     imp.set_defaults(func=cmd_corpus_import)
+    real = corpus_sub.add_parser("real-voices", help="a test set of mixtures of two real "
+                                 "recorded voices (needs make voices-apt; never train on it)")
+    real.add_argument("--out", required=True, type=Path)
+    real.add_argument("--n", type=int, default=120, help="number of mixtures")
+    real.add_argument("--seed", type=int, default=3)
+    real.set_defaults(func=cmd_corpus_real_voices)
 
     recipe = sub.add_parser("recipe", help="run the TS-MixIT recipe (all stages)")
     recipe.add_argument("--config", required=True, type=Path)

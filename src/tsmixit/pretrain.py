@@ -48,8 +48,7 @@ def available_sets(config: RecipeConfig) -> RecipeConfig:
         if Path(path).exists():
             kept.append(path)
         else:
-            log.warning("eval.extra_sets: %s is not here, left out (the real-voice set: "
-                        "python ../shared/tools/real_voices_dev_set.py %s)", path, path)
+            log.warning("eval.extra_sets: %s is not here, left out of the scores", path)
     return dataclasses.replace(config, eval=dataclasses.replace(config.eval, extra_sets=kept))
 
 

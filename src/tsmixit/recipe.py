@@ -10,7 +10,9 @@ resumable run folder RUN (its layout: `tsmixit.training.run_folder`):
         distill<r> label / student / finetune again, the last model as teacher
         supervised the baselines: PIT on all sources, and on the labelled fraction
         skip it when its summary holds its current fingerprint, else (re)run it there
-    evaluate every system on the test split; export the best student; write the report
+    evaluate every system on the test split and the extra sets (eval.extra_sets, and with
+    eval.real_voices the real-voice test set built once into RUN/real-voices); export the
+    best student; write the report
 
 An interrupted stage resumes from its last checkpoint. With ``model.channels = "both"``
 the same recipe then runs on microphone 0 alone in RUN/mic0, and the report compares them.
@@ -43,7 +45,13 @@ from tsmixit.training.run_folder import (
     run_lock,
     write_summary,
 )
-from tsmixit.training.splits import Splits, check_splits, prepare_splits
+from tsmixit.training.splits import (
+    REAL_VOICES,
+    Splits,
+    check_splits,
+    prepare_splits,
+    with_real_voices,
+)
 from tsmixit.training.stages import RUNNERS
 
 log = logging.getLogger(__name__)
@@ -51,8 +59,8 @@ log = logging.getLogger(__name__)
 #: The single-channel companion of a model.channels = "both" run: RUN/mic0.
 COMPANION = "mic0"
 #: What `--fresh` removes from RUN besides the stage folders.
-RUN_OUTPUTS = ("corpus", "eval", "model", "config.yaml", "report.md", "report.json", "plots",
-               COMPANION)
+RUN_OUTPUTS = ("corpus", REAL_VOICES, "eval", "model", "config.yaml", "report.md",
+               "report.json", "plots", COMPANION)
 
 
 def run_recipe(config: RecipeConfig, run_dir: str | os.PathLike, fresh: bool = False,
@@ -144,10 +152,13 @@ def _run_one(config: RecipeConfig, stages: list[str] | None, run_dir: Path, fres
 
         result["eval"] = evaluate_stages(config, splits.test, run_dir / "eval", run_dir,
                                          ctx.summaries, progress, name=config.eval.split)
+        sets, missing = with_real_voices(config, splits.extra_sets, home or run_dir)
+        if missing:
+            result["real_voices_missing"] = missing
         result["eval_sets"] = {
             name: evaluate_stages(config, test, run_dir / "eval" / "sets" / name, run_dir,
                                   ctx.summaries, progress, name=name)
-            for name, test in splits.extra_sets.items()}
+            for name, test in sets.items()}
     if plan.wanted("export") and any(s["kind"] in ("student", "finetune")
                                      for s in ctx.summaries.values()):
         result["model"] = str(export_best(splits, run_dir, ctx.summaries))

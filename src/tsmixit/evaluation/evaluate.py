@@ -289,7 +289,8 @@ def evaluate_stages(config: RecipeConfig, test: Manifest, eval_dir: Path, run_di
     device = inference_device("cpu" if config.train.accelerator == "cpu" else "auto")
     if len(test) == 0:
         raise ManifestError(f"{test.name}: no {config.eval.split!r} rows to evaluate")
-    settings = {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "extra_sets"}
+    settings = {k: v for k, v in dataclasses.asdict(config.eval).items()
+                if k not in ("extra_sets", "real_voices")}  # which sets, not how scored
     key = stable_hash([settings, len(test), [row["id"] for row in test.rows]])
     results = {}
     for system, summary in summaries.items():

@@ -238,6 +238,10 @@ class EvalConfig:
     # Test sets beside the corpus's own: manifests or WSJ0-2mix folders (their "test" rows,
     # at most max_mixtures), each scored for every system; one column each in the report.
     extra_sets: list[str] = field(default_factory=list)
+    # The real-voice test set (tsmixit.corpus.real_voices: two real people, measuring only),
+    # built once into RUN/real-voices and scored like an extra set; without its two Debian
+    # packages (make voices-apt) the run warns, finishes and says how to add it.
+    real_voices: bool = False
 
 
 @dataclass

@@ -22,6 +22,8 @@ from tsmixit.training.plan import Plan
 from tsmixit.training.run_folder import rank, stable_hash, wait_for
 
 log = logging.getLogger(__name__)
+#: The folder of the real-voice test set in a run (eval.real_voices), and its name.
+REAL_VOICES = "real-voices"
 
 
 def first(manifest: Manifest, limit: int | None) -> Manifest:
@@ -104,12 +106,33 @@ def extra_sets(config: RecipeConfig) -> dict[str, Manifest]:
         if name in sets:
             raise ConfigError(f"eval.extra_sets: two sets are named {name!r}; rename one "
                               "folder (a set is named after its folder or manifest file)")
+        if config.eval.real_voices and name == REAL_VOICES:
+            raise ConfigError(f"eval.extra_sets: {path} is named {name!r} like the set of "
+                              "eval.real_voices; remove it from eval.extra_sets (the recipe "
+                              "builds and scores that set) or rename its folder")
         try:
             sets[name] = first(open_test_set(path, "test"), config.eval.max_mixtures)
         except ManifestError as error:
             raise ConfigError(f"eval.extra_sets: {path} is not a test set ({error}); give a "
                               "manifest with test rows or a WSJ0-2mix folder") from error
     return sets
+
+
+def with_real_voices(config: RecipeConfig, sets: dict[str, Manifest], run_dir: Path
+                     ) -> tuple[dict[str, Manifest], str | None]:
+    """`sets` plus the real-voice test set, built once into RUN/real-voices, when
+    eval.real_voices (its test rows, at most eval.max_mixtures); without its Debian packages,
+    `sets` and the reason (warned)."""
+    if not config.eval.real_voices:
+        return sets, None
+    from tsmixit.corpus.real_voices import RealVoicePackagesError, build_real_voice_set
+
+    try:
+        folder = build_real_voice_set(run_dir / REAL_VOICES, progress=config.train.progress)
+    except RealVoicePackagesError as error:
+        log.warning("eval.real_voices: the real-voice test set is left out: %s", error)
+        return sets, str(error)
+    return {**sets, REAL_VOICES: first(open_test_set(folder), config.eval.max_mixtures)}, None
 
 
 def _embedded_corpus(config: RecipeConfig, folder: Path, progress: bool) -> Path:
@@ -162,6 +185,14 @@ def check_splits(splits: Splits, config: RecipeConfig, plan: Plan,
                 f"{path}: stage supervised_full needs sources for every training mixture; "
                 f"{len(missing)} have none (e.g. {missing[0]}); set "
                 "stages.supervised_full.enabled=false")
+    if config.eval.real_voices:
+        from tsmixit.corpus.real_voices import SAMPLE_RATE
+
+        fed = 1 if config.model.channels == "reference" else splits.channels
+        if splits.sample_rate != SAMPLE_RATE or fed != 1:
+            raise ConfigError(f"eval.real_voices: the real-voice test set is {SAMPLE_RATE} Hz "
+                              f"with one microphone; the models of this run take {fed} at "
+                              f"{splits.sample_rate} Hz: set eval.real_voices=false")
     split = config.eval.split
     if plan.wanted("eval") and len(splits.manifest.select(split=split)) == 0:
         raise ConfigError(f"{path}: no mixtures in eval.split={split!r}; set eval.split "

@@ -46,17 +46,26 @@ ALL_PACKAGES = tuple(p for _, _, pkgs in PACKAGES.values() for p in pkgs)
 _FIX = "apt-get update && apt-get install -y " + " ".join(ALL_PACKAGES) + " (or make voices-apt)"
 
 
+def listed_files(package: str, suffix: str) -> list[str] | None:
+    """The files ending in `suffix` that a Debian package installed and that are still on
+    disk, from its dpkg file list; None when the package is not installed."""
+    listing = DPKG_INFO / f"{package}.list"
+    if not listing.exists():
+        return None
+    return sorted(p for p in listing.read_text().split("\n")
+                  if p.endswith(suffix) and Path(p).is_file())
+
+
 def files_of(package: str) -> list[str]:
     """The .wav files a Debian package installed, from its dpkg file list."""
     if package in DEV_SET_PACKAGES:
         raise VoiceSourceError(f"{package} holds a voice of the real-voice development set: "
                                "it is for measuring only, never for training")
-    listing = DPKG_INFO / f"{package}.list"
-    if not listing.exists():
+    files = listed_files(package, ".wav")
+    if files is None:
         raise VoiceSourceError(f"voice source 'recordings' needs the Debian package {package}, "
                                f"which is not installed; fix: {_FIX}")
-    return sorted(p for p in listing.read_text().split("\n")
-                  if p.endswith(".wav") and Path(p).is_file())
+    return files
 
 
 def check() -> None:
