@@ -67,3 +67,21 @@ def test_a_crowded_machine_gets_a_warning_naming_the_thread_count(load, cores, t
     if crowded:
         free = round(cores - (load - 1))
         assert f"OMP_NUM_THREADS={max(1, free)}" in warning
+
+
+@pytest.mark.parametrize("chosen", ["bf16-mixed", "32-true"])
+def test_steps_are_timed_at_the_precision_training_uses(context, monkeypatch, chosen):
+    seen = []
+    build = estimate_module.build_separator
+
+    def recording(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_pre_hook(
+            lambda module, inputs: seen.append(torch.is_autocast_enabled("cpu")) if
+            module.training else None)
+        return model
+
+    monkeypatch.setattr(estimate_module, "build_separator", recording)
+    monkeypatch.setattr(estimate_module, "precision", lambda config: chosen)
+    estimate_module._measure(context, "student", torch.device("cpu"))
+    assert seen and all(s == (chosen == "bf16-mixed") for s in seen)

@@ -1,8 +1,9 @@
 """How long the stages of a run will take on this machine, measured before the first one.
 
 A few training steps of each system kind (the MixIT teacher on mixtures of mixtures, the
-k-output PIT separator) are timed on random batches of the configured size, and one forward
-of each on a second of audio; then, per stage still to run,
+k-output PIT separator) are timed on random batches of the configured size, at the precision
+training will use (`train.precision`), and one forward of each on a second of audio; then,
+per stage still to run,
 
     training   = steps x t_step,  steps = max_steps, or max_epochs x |train| / batch,
                  or max_minutes x 60 s / t_step
@@ -26,7 +27,7 @@ import torch
 
 from tsmixit.losses import mixit, pit
 from tsmixit.models.registry import build_separator
-from tsmixit.training.fit import StageContext, model_hparams
+from tsmixit.training.fit import StageContext, model_hparams, precision
 from tsmixit.training.plan import Stage, label_mode
 
 #: Steps timed per system kind, after one warm-up step.
@@ -106,10 +107,14 @@ def _measure(ctx: StageContext, kind: str, device: torch.device) -> tuple[float,
     x = torch.randn(d.batch_size, hparams["n_channels"], frames, device=device)  # (B, C, T)
     refs = torch.randn(d.batch_size, max(2, n_out), frames, device=device)  # (B, R, T)
 
+    bf16 = device.type == "cpu" and precision(ctx.config) == "bf16-mixed"
+
     def step() -> None:
         optimizer.zero_grad()
-        est = model(x)  # (B, n_out, T)
-        loss, _ = mixit(est, refs[:, :2]) if kind == "teacher" else pit(est, refs[:, :n_out])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as training runs
+            est = model(x)  # (B, n_out, T)
+            loss, _ = (mixit(est, refs[:, :2]) if kind == "teacher"
+                       else pit(est, refs[:, :n_out]))
         loss.mean().backward()
         optimizer.step()
 
