@@ -1,6 +1,10 @@
 """Pretraining: one supervised stage, exported with a model card naming its scores."""
 
 import json
+import shutil
+
+import pytest
+import torch
 
 from conftest import make_corpus, tiny_overrides
 from tsmixit.model_files import load_model
@@ -27,3 +31,31 @@ def test_pretraining_exports_a_model_with_its_card(tmp_path):
     assert f"Not scored (not on the machine): {missing}" in card
     assert "4 steps" in card and "## Voice sources and licences" in card
     assert list(result["stages"]) == ["supervised_full"]  # no teacher, no student
+
+
+def test_release_now_exports_the_best_checkpoint_so_far(tmp_path):
+    from tsmixit.errors import TrainingError
+    from tsmixit.pretrain import release_now
+    from tsmixit.training.checkpoints import load_checkpoint, load_separator
+
+    corpus = make_corpus(tmp_path / "corpus", n_train=8)
+    config = load_config(None, tiny_overrides(corpus, steps=6, **{
+        "stages.distill.rounds": 0, "stages.finetune.enabled": "false",
+        "stages.supervised_fraction.enabled": "false", "train.val_every": 3}))
+    with pytest.raises(TrainingError, match="no checkpoint to release yet"):
+        release_now(config, tmp_path / "run", embedded_preset="tiny")
+    pretrain(config, tmp_path / "run", embedded_preset="tiny")
+    best = tmp_path / "run" / "supervised_full" / "checkpoints" / "best.ckpt"
+    for stale in ("model", "eval"):  # what the release must write again
+        shutil.rmtree(tmp_path / "run" / stale)
+    result = release_now(config, tmp_path / "run", embedded_preset="tiny")
+    steps = int(load_checkpoint(best)["global_step"])
+    card = (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
+    assert f"{steps} steps" in card
+    scores = json.loads((tmp_path / "run" / "eval" / "supervised_full.json").read_text())
+    assert f"| corpus test split | {scores['mean']['si_snri_topk']:.2f} |" in card
+    assert (tmp_path / "run" / "eval" / "sets" / "embedded" / "supervised_full.json").is_file()
+    x = torch.randn(1, 4000)
+    with torch.inference_mode():
+        torch.testing.assert_close(load_model(result["model"]).model(x),
+                                   load_separator(best).eval()(x))

@@ -4,7 +4,7 @@
     tsmixit corpus import KIND PATH --out MANIFEST
     tsmixit corpus real-voices --out DIR [--n 120] [--seed 3]
     tsmixit recipe --config configs/demo.yaml [--run-dir runs/demo] [--set key=value] [--quick]
-    tsmixit pretrain [--config configs/pretrain.yaml] [--run-dir runs/pretrain]
+    tsmixit pretrain [--config configs/pretrain.yaml] [--run-dir runs/pretrain] [--release-now]
     tsmixit evaluate --model M --data D [--json OUT]
     tsmixit separate --model M INPUT... --out DIR
     tsmixit report RUN_DIR
@@ -99,10 +99,11 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from tsmixit.pretrain import pretrain
+    from tsmixit.pretrain import pretrain, release_now
     from tsmixit.training.config import load_config
 
-    result = pretrain(load_config(args.config, args.set), args.run_dir)
+    run = release_now if args.release_now else pretrain
+    result = run(load_config(args.config, args.set), args.run_dir)
     print(f"model: {result['model']}\ncard:  {result['card']}")
     return 0
 
@@ -273,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", default="configs/pretrain.yaml", type=Path)
     pre.add_argument("--run-dir", default="runs/pretrain")
     pre.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
+    pre.add_argument("--release-now", action="store_true",
+                     help="evaluate and export the best checkpoint so far, without training "
+                          "(rerun without it to go on training)")
     pre.set_defaults(func=cmd_pretrain)
 
     evaluate = sub.add_parser("evaluate", help="SI-SNRi/SDRi of a model on a test set")

@@ -14,12 +14,14 @@ then exported as a model folder with a model card:
     RUN/model/MODEL_CARD.md      corpus and its version, config, steps, machine, scores,
                                  the licence of every voice source
 
-    tsmixit pretrain --config configs/pretrain.yaml --run-dir runs/pretrain
-        [--set train.max_steps=400000 ...]
+    tsmixit pretrain --config configs/pretrain.yaml --run-dir runs/pretrain [--release-now]
 
 Stopping it (Ctrl-C, a killed session) loses at most `checkpoint_every` steps: the same
-command resumes. Extra test sets that are not on this machine are left out with a warning
-(their scores then are missing from the card, which says so).
+command resumes. `--release-now` evaluates and exports the best checkpoint so far without
+training (a release of a run short of its budget); the run goes on afterwards. The budget
+is part of the stage's fingerprint, like the rest of its config: changing it starts over.
+Extra test sets that are not on this machine are left out with a warning (their scores then
+are missing from the card, which says so).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from tsmixit.errors import TrainingError
 from tsmixit.files import write_text_atomic
 from tsmixit.training.config import RecipeConfig
 
@@ -76,6 +79,51 @@ def pretrain(config: RecipeConfig, run_dir: str | os.PathLike,
     result = run_recipe(config, run_dir, stages=[STAGE, "eval"])
     summary = result["stages"][STAGE]
     model_dir = export(config, run_dir, summary, result, missing)
+    result.update(model=str(model_dir), card=str(model_dir / "MODEL_CARD.md"))
+    return result
+
+
+def release_now(config: RecipeConfig, run_dir: str | os.PathLike,
+                embedded_preset: str = "demo") -> dict[str, Any]:
+    """Evaluate and export the best checkpoint so far of a run that has not reached its
+    budget (`tsmixit pretrain --release-now`), as `pretrain` does at the end; the same
+    command without the flag then goes on training from the last checkpoint. Returns what
+    `pretrain` returns, "stages" holding the checkpoint's summary."""
+    from tsmixit.evaluation.evaluate import evaluate_stages
+    from tsmixit.models.folder import sha256
+    from tsmixit.training.checkpoints import load_checkpoint
+    from tsmixit.training.run_folder import run_lock
+    from tsmixit.training.splits import prepare_splits, with_real_voices
+
+    run_dir = Path(run_dir)
+    best = run_dir / STAGE / "checkpoints" / "best.ckpt"
+    if not best.is_file():
+        raise TrainingError(f"{best}: no checkpoint to release yet; run `tsmixit pretrain` "
+                            "until its first validation writes one")
+    missing = [p for p in config.eval.extra_sets if not Path(p).exists()]
+    config = with_embedded_set(available_sets(config), run_dir, embedded_preset)
+    progress = config.train.progress
+    with run_lock(run_dir):
+        ckpt = load_checkpoint(best)
+        best_score = next((state.get("best_model_score")
+                           for name, state in ckpt.get("callbacks", {}).items()
+                           if "'monitor': 'val_si_snri'" in name), None)
+        summary = {"stage": STAGE, "kind": "supervised", "labels": "all",
+                   "checkpoint": str(best), "fingerprint": sha256(best),
+                   "steps": int(ckpt["global_step"]),
+                   "train_seconds": round(float(ckpt["callbacks"].get("Timer", {}).get(
+                       "time_elapsed", {}).get("train", 0.0)), 1),
+                   "best_val_si_snri": None if best_score is None else float(best_score)}
+        splits = prepare_splits(config, run_dir, progress)
+        summaries = {STAGE: summary}
+        result: dict[str, Any] = {"stages": summaries, "eval": evaluate_stages(
+            config, splits.test, run_dir / "eval", run_dir, summaries, progress)}
+        sets, _ = with_real_voices(config, splits.extra_sets, run_dir)
+        result["eval_sets"] = {
+            name: evaluate_stages(config, test, run_dir / "eval" / "sets" / name, run_dir,
+                                  summaries, progress, name=name)
+            for name, test in sets.items()}
+        model_dir = export(config, run_dir, summary, result, missing)
     result.update(model=str(model_dir), card=str(model_dir / "MODEL_CARD.md"))
     return result
 
