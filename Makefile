@@ -10,7 +10,7 @@ SPATIAL_RUN_DIR ?= runs/demo-spatial
 #   make demo TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'
 TORCH ?= torch==2.13.0
 
-.PHONY: demo demo-spatial smoke test lint venv clean voices-apt pretrain browser-apt
+.PHONY: demo demo-scratch demo-spatial smoke test lint venv clean voices-apt pretrain browser-apt
 
 venv: $(VENV)/.installed
 
@@ -21,8 +21,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# The shipped pretrained separator adapted by TS-MixIT to reverberant rooms.
 demo: venv
 	$(BIN)/tsmixit recipe --config configs/demo.yaml --run-dir $(RUN_DIR)
+
+# TS-MixIT from random weights on the dry embedded corpus (the demo before the pretrained model).
+demo-scratch: venv
+	$(BIN)/tsmixit recipe --config configs/demo-scratch.yaml --run-dir runs/demo-scratch
 
 # Multi-channel TS-MixIT (4 reverberant microphones) and its microphone-0 companion.
 demo-spatial: venv

@@ -33,7 +33,7 @@ def test_pretraining_exports_a_model_with_its_card(tmp_path):
     assert list(result["stages"]) == ["supervised_full"]  # no teacher, no student
 
 
-def test_release_now_exports_the_best_checkpoint_so_far(tmp_path):
+def test_release_now_exports_the_best_checkpoint_so_far(tmp_path, monkeypatch):
     from tsmixit.errors import TrainingError
     from tsmixit.pretrain import release_now
     from tsmixit.training.checkpoints import load_checkpoint, load_separator
@@ -48,7 +48,8 @@ def test_release_now_exports_the_best_checkpoint_so_far(tmp_path):
     best = tmp_path / "run" / "supervised_full" / "checkpoints" / "best.ckpt"
     for stale in ("model", "eval"):  # what the release must write again
         shutil.rmtree(tmp_path / "run" / stale)
-    result = release_now(config, tmp_path / "run", embedded_preset="tiny")
+    monkeypatch.chdir(tmp_path)  # a run folder named relative to the working directory
+    result = release_now(config, "run", embedded_preset="tiny")
     steps = int(load_checkpoint(best)["global_step"])
     card = (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
     assert f"{steps} steps" in card

@@ -210,7 +210,7 @@ def test_both_channel_layouts_on_single_channel_data_are_refused_before_training
 def test_quick_config_caps_every_budget():
     from tsmixit.training.config import BUDGET_STAGES, QUICK, quick_config, stage_budget
 
-    config = load_config(Path(__file__).parent.parent / "configs" / "demo.yaml")
+    config = load_config(Path(__file__).parent.parent / "configs" / "demo-scratch.yaml")
     quick = quick_config(config)
     for stage in BUDGET_STAGES:
         budget = stage_budget(quick, stage)

@@ -109,7 +109,7 @@ def release_now(config: RecipeConfig, run_dir: str | os.PathLike,
                            for name, state in ckpt.get("callbacks", {}).items()
                            if "'monitor': 'val_si_snri'" in name), None)
         summary = {"stage": STAGE, "kind": "supervised", "labels": "all",
-                   "checkpoint": str(best), "fingerprint": sha256(best),
+                   "checkpoint": str(best.resolve()), "fingerprint": sha256(best),
                    "steps": int(ckpt["global_step"]),
                    "train_seconds": round(float(ckpt["callbacks"].get("Timer", {}).get(
                        "time_elapsed", {}).get("train", 0.0)), 1),
