@@ -66,6 +66,14 @@ def with_embedded_set(config: RecipeConfig, run_dir: Path, preset: str) -> Recip
     return dataclasses.replace(config, eval=dataclasses.replace(config.eval, extra_sets=sets))
 
 
+def scored_sets(config: RecipeConfig, run_dir: Path, embedded_preset: str
+                ) -> tuple[RecipeConfig, list[str]]:
+    """The config whose extra test sets are those here plus the embedded corpus of
+    `embedded_preset`, and the extra sets left out as missing (named in the card)."""
+    missing = [p for p in config.eval.extra_sets if not Path(p).exists()]
+    return with_embedded_set(available_sets(config), run_dir, embedded_preset), missing
+
+
 def pretrain(config: RecipeConfig, run_dir: str | os.PathLike,
              embedded_preset: str = "demo") -> dict[str, Any]:
     """Build the corpus, train (or resume) the supervised stage, evaluate (the corpus's test
@@ -74,8 +82,7 @@ def pretrain(config: RecipeConfig, run_dir: str | os.PathLike,
     from tsmixit.recipe import run_recipe
 
     run_dir = Path(run_dir)
-    missing = [p for p in config.eval.extra_sets if not Path(p).exists()]
-    config = with_embedded_set(available_sets(config), run_dir, embedded_preset)
+    config, missing = scored_sets(config, run_dir, embedded_preset)
     result = run_recipe(config, run_dir, stages=[STAGE, "eval"])
     summary = result["stages"][STAGE]
     model_dir = export(config, run_dir, summary, result, missing)
@@ -89,19 +96,18 @@ def release_now(config: RecipeConfig, run_dir: str | os.PathLike,
     budget (`tsmixit pretrain --release-now`), as `pretrain` does at the end; the same
     command without the flag then goes on training from the last checkpoint. Returns what
     `pretrain` returns, "stages" holding the checkpoint's summary."""
-    from tsmixit.evaluation.evaluate import evaluate_stages
     from tsmixit.models.folder import sha256
+    from tsmixit.recipe import evaluate_run
     from tsmixit.training.checkpoints import load_checkpoint
     from tsmixit.training.run_folder import run_lock
-    from tsmixit.training.splits import prepare_splits, with_real_voices
+    from tsmixit.training.splits import prepare_splits
 
     run_dir = Path(run_dir)
     best = run_dir / STAGE / "checkpoints" / "best.ckpt"
     if not best.is_file():
         raise TrainingError(f"{best}: no checkpoint to release yet; run `tsmixit pretrain` "
                             "until its first validation writes one")
-    missing = [p for p in config.eval.extra_sets if not Path(p).exists()]
-    config = with_embedded_set(available_sets(config), run_dir, embedded_preset)
+    config, missing = scored_sets(config, run_dir, embedded_preset)
     progress = config.train.progress
     with run_lock(run_dir):
         ckpt = load_checkpoint(best)
@@ -115,14 +121,8 @@ def release_now(config: RecipeConfig, run_dir: str | os.PathLike,
                        "time_elapsed", {}).get("train", 0.0)), 1),
                    "best_val_si_snri": None if best_score is None else float(best_score)}
         splits = prepare_splits(config, run_dir, progress)
-        summaries = {STAGE: summary}
-        result: dict[str, Any] = {"stages": summaries, "eval": evaluate_stages(
-            config, splits.test, run_dir / "eval", run_dir, summaries, progress)}
-        sets, _ = with_real_voices(config, splits.extra_sets, run_dir)
-        result["eval_sets"] = {
-            name: evaluate_stages(config, test, run_dir / "eval" / "sets" / name, run_dir,
-                                  summaries, progress, name=name)
-            for name, test in sets.items()}
+        result: dict[str, Any] = {"stages": {STAGE: summary}, **evaluate_run(
+            config, splits, run_dir, {STAGE: summary}, progress, run_dir)}
         model_dir = export(config, run_dir, summary, result, missing)
     result.update(model=str(model_dir), card=str(model_dir / "MODEL_CARD.md"))
     return result

@@ -148,21 +148,32 @@ def _run_one(config: RecipeConfig, stages: list[str] | None, run_dir: Path, fres
     if rank() != 0:
         return result, splits
     if plan.wanted("eval"):
-        from tsmixit.evaluation.evaluate import evaluate_stages
-
-        result["eval"] = evaluate_stages(config, splits.test, run_dir / "eval", run_dir,
-                                         ctx.summaries, progress, name=config.eval.split)
-        sets, missing = with_real_voices(config, splits.extra_sets, home or run_dir)
-        if missing:
-            result["real_voices_missing"] = missing
-        result["eval_sets"] = {
-            name: evaluate_stages(config, test, run_dir / "eval" / "sets" / name, run_dir,
-                                  ctx.summaries, progress, name=name)
-            for name, test in sets.items()}
+        result.update(evaluate_run(config, splits, run_dir, ctx.summaries, progress,
+                                   home or run_dir))
     if plan.wanted("export") and any(s["kind"] in ("student", "finetune")
                                      for s in ctx.summaries.values()):
         result["model"] = str(export_best(splits, run_dir, ctx.summaries))
     return result, splits
+
+
+def evaluate_run(config: RecipeConfig, splits: Splits, run_dir: Path,
+                 summaries: dict[str, dict], progress: bool, home: Path) -> dict[str, Any]:
+    """Every system of `summaries` scored on the test split (RUN/eval) and on every extra
+    set (RUN/eval/sets/<name>), the real-voice set of eval.real_voices included (built once
+    in `home`): {"eval", "eval_sets"} and "real_voices_missing" when its packages are not."""
+    from tsmixit.evaluation.evaluate import evaluate_stages
+
+    out: dict[str, Any] = {"eval": evaluate_stages(config, splits.test, run_dir / "eval",
+                                                   run_dir, summaries, progress,
+                                                   name=config.eval.split)}
+    sets, missing = with_real_voices(config, splits.extra_sets, home)
+    if missing:
+        out["real_voices_missing"] = missing
+    out["eval_sets"] = {
+        name: evaluate_stages(config, test, run_dir / "eval" / "sets" / name, run_dir,
+                              summaries, progress, name=name)
+        for name, test in sets.items()}
+    return out
 
 
 def _channels(config: RecipeConfig, channels: str) -> RecipeConfig:
