@@ -72,9 +72,9 @@ class Separator:
         `model_channels` returns it) -> (K, T).
 
         On a CPU with bfloat16 units a separator with a bfloat16 inference path takes it
-        where it is faster (`allow_bf16_inference`): SI-SNR of its outputs against float32
-        measured 54-60 dB for trained Conv-TasNets and 39-41 dB at random initialisation
-        (benchmarks/bench_separate.py). TSMIXIT_CPU_BF16=off keeps float32."""
+        where it is faster (`allow_bf16_inference`); its distance from float32 is measured
+        by benchmarks/bench_separate.py and quoted in the README. TSMIXIT_CPU_BF16=off
+        keeps float32."""
         device = next(self.model.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).to(device)
         x = x[0][None] if self.n_channels == 1 else x[None]  # (1, T) or (1, C, T)

@@ -173,9 +173,9 @@ def cpu_bf16_flags() -> frozenset[str]:
 @lru_cache(maxsize=1)
 def bf16_matmul_speedup() -> float:
     """float32 time / bfloat16 time of one 1x1-convolution-sized batched product
-    ((2, 256, 256) @ (2, 256, 2000)), best of 5 each, interleaved, on one thread (the ratio
-    is the core's; with more threads a core busy with other work decides it: measured 0.75
-    on two threads of a shared 2-core machine whose one thread gives 3-5); about 50 ms."""
+    ((2, 256, 256) @ (2, 256, 2000)), best of 5 each, interleaved, on one thread: the ratio
+    is the core's, whereas with more threads a core busy with other work would decide it
+    and turn bfloat16 off where it pays; about 50 ms."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
