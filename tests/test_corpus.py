@@ -222,6 +222,8 @@ def test_resume_and_settings_guard(tiny, tmp_path):
         ({"recordings": (1, 2)}, "recordings"),
         ({"augment": 1.5}, "augment"),
         ({"speakers": (0, 2, 2)}, "speakers"),  # no training speaker from any source
+        ({"realistic_share": 0.5}, "realistic_share"),  # no realistic voice to draw
+        ({"kokoro": (1, 0, 0), "realistic_share": 1.5}, "realistic_share"),
     ],
 )
 def test_bad_settings_name_the_setting(overrides, name):
@@ -263,3 +265,42 @@ def test_pretrain_preset():
     assert c.speakers[0] >= 200 and c.piper >= 40 and c.kokoro[0] >= 36
     assert c.recordings[1] > 0 and c.recordings[2] > 0  # held-out real people
     assert 0 < c.augment < 1 and c.labelled_fraction == 1.0
+    assert 0.5 < c.realistic_share < 1  # most sources realistic
+
+
+def test_speaker_weights_set_the_share_of_each_group():
+    """Draws follow the weights: one speaker a mixture, the realistic group's share is the
+    asked one; two without replacement, each speaker's chance of being drawn is the one
+    enumerated by hand over ordered pairs, P(i first) + sum_j P(j first) w_i / (1 - w_j)."""
+    from types import SimpleNamespace
+
+    from tsmixit.corpus.build import _speaker_weights
+    from tsmixit.corpus.mixing import sample_plans
+
+    espeak = [SimpleNamespace(id=f"tr{i:03d}m") for i in range(3)]  # only ids are read
+    realistic = [SimpleNamespace(id=f"tr-kokoro{i:03d}f") for i in range(2)]
+    weights = _speaker_weights(0.75, espeak, realistic)
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert sum(w for s, w in weights.items() if "kokoro" in s) == pytest.approx(0.75)
+    assert _speaker_weights(0.0, espeak, realistic) is None
+    assert _speaker_weights(0.75, espeak, []) is None
+
+    by_speaker = {s: [f"{s}_u"] for s in weights}
+    frames = {u[0]: 8000 for u in by_speaker.values()}
+
+    def drawn(k_shares, n, w):
+        plans = sample_plans(np.random.default_rng(0), by_speaker, frames, n, k_shares, "min",
+                             5.0, None, 4, 0, (5.0, 20.0), w)
+        return [u.split("_")[0] for p in plans for u in p.utterances]
+
+    one = drawn((1.0, 0.0, 0.0), 4000, weights)
+    assert np.mean(["kokoro" in s for s in one]) == pytest.approx(0.75, abs=0.03)
+    two = drawn((0.0, 1.0, 0.0), 4000, weights)
+    for s, w in weights.items():
+        p = w + sum(v * w / (1 - v) for t, v in weights.items() if t != s)
+        assert two.count(s) / 4000 == pytest.approx(p, abs=0.04), s
+    # without weights the draws are the unweighted ones, bit for bit
+    assert drawn((0.0, 1.0, 0.0), 50, None) == [
+        u.split("_")[0] for p in sample_plans(np.random.default_rng(0), by_speaker, frames, 50,
+                                              (0.0, 1.0, 0.0), "min", 5.0, None, 4, 0,
+                                              (5.0, 20.0)) for u in p.utterances]

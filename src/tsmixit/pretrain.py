@@ -83,7 +83,8 @@ def pretrain(config: RecipeConfig, run_dir: str | os.PathLike,
 
     run_dir = Path(run_dir)
     config, missing = scored_sets(config, run_dir, embedded_preset)
-    result = run_recipe(config, run_dir, stages=[STAGE, "eval"])
+    start = ["pretrained"] if config.model.init is not None else []  # the stage it starts from
+    result = run_recipe(config, run_dir, stages=[*start, STAGE, "eval"])
     summary = result["stages"][STAGE]
     model_dir = export(config, run_dir, summary, result, missing)
     result.update(model=str(model_dir), card=str(model_dir / "MODEL_CARD.md"))
@@ -146,8 +147,35 @@ def export(config: RecipeConfig, run_dir: Path, summary: dict[str, Any],
     return out
 
 
+def scores_by_voice_sources(run_dir: Path) -> dict[tuple[str, ...], tuple[int, float]]:
+    """Median top-k SI-SNRi of the stage on the corpus's test split per pair of voice
+    sources of its mixtures' speakers (eSpeak speakers have no source: "espeak"), from
+    RUN/eval/STAGE.json, RUN/corpus/manifest.jsonl and RUN/corpus/speakers.json; {} when
+    one of them is missing. A mean over the split hides that realistic pairs are rare."""
+    import numpy as np
+
+    paths = [run_dir / "eval" / f"{STAGE}.json", run_dir / "corpus" / "manifest.jsonl",
+             run_dir / "corpus" / "speakers.json"]
+    if not all(p.is_file() for p in paths):
+        return {}
+    scores = json.loads(paths[0].read_text()).get("per_mixture", [])
+    rows = {r["id"]: r for r in map(json.loads, paths[1].read_text().splitlines()) if r}
+    source = {v["id"]: v.get("source", "espeak")
+              for group in json.loads(paths[2].read_text()).values() for v in group}
+    pairs: dict[tuple[str, ...], list[float]] = {}
+    for score in scores:
+        row = rows.get(score["id"])
+        if row is not None:
+            pair = tuple(sorted(source.get(s, "espeak") for s in row["speakers"]))
+            pairs.setdefault(pair, []).append(score["si_snri_topk"])
+    return {pair: (len(v), float(np.median(v))) for pair, v in sorted(pairs.items())}
+
+
 def model_card(config: RecipeConfig, run_dir: Path, summary: dict[str, Any],
                result: dict[str, Any], model_dir: Path, missing: list[str]) -> str:
+    from tsmixit.corpus.voices import LICENCES
+    from tsmixit.models.folder import model_digest
+
     corpus = run_dir / "corpus"
     record = json.loads((corpus / "corpus.json").read_text()) if (
         corpus / "corpus.json").exists() else {}
@@ -161,6 +189,8 @@ def model_card(config: RecipeConfig, run_dir: Path, summary: dict[str, Any],
         f"- training: supervised PIT (negative SI-SNR), {summary.get('steps')} steps, "
         f"{summary.get('train_seconds')} s, best validation SI-SNRi "
         f"{summary.get('best_val_si_snri')}",
+        *([f"- initialised from: {config.model.init} (weights sha256 "
+           f"{model_digest(config.model.init)})"] if config.model.init else []),
         f"- machine: {platform.machine()} {platform.processor() or ''} "
         f"{os.cpu_count()} cores, {platform.python_version()}",
         f"- corpus: preset {record.get('preset')}, seed {record.get('seed')}, "
@@ -175,9 +205,13 @@ def model_card(config: RecipeConfig, run_dir: Path, summary: dict[str, Any],
                      f"{mean.get('sdri_topk', float('nan')):.2f} |")
     if missing:
         lines.append(f"\nNot scored (not on the machine): {', '.join(missing)}")
+    by_pair = scores_by_voice_sources(run_dir)
+    if by_pair:
+        lines += ["", "## Corpus test split by the voice sources of its two speakers", "",
+                  "| sources | mixtures | median SI-SNRi (dB) |", "|---|---:|---:|"]
+        lines += [f"| {' + '.join(pair)} | {n} | {median:.2f} |"
+                  for pair, (n, median) in by_pair.items()]
     lines += ["", "## Voice sources and licences", ""]
-    from tsmixit.corpus.voices import LICENCES
-
     lines.append(f"- espeak: {LICENCES['espeak']}")
     for name, info in sources.items():
         if "licence" in info:

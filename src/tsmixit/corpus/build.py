@@ -43,6 +43,7 @@ from tsmixit.corpus.rooms import RoomBank, image, make_room_bank
 from tsmixit.corpus.voices import (
     Speaker,
     Utterance,
+    Voice,
     jittered,
     sample_speaker,
     speaker_is_done,
@@ -97,13 +98,15 @@ class CorpusConfig:
     # world: every voice but the first of each base gets a WORLD transform; augment: share of
     # their utterances sent through a random channel (augment.py). cache_dir: where slow
     # synthesis is cached ("" = the user cache, ~/.cache/tsmixit/voices); like workers, not
-    # part of the bytes.
+    # part of the bytes. realistic_share: the chance that a mixture's source is drawn from
+    # the realistic voices rather than the eSpeak speakers (0: every speaker alike).
     piper: int = 0
     kokoro: tuple[int, int, int] = (0, 0, 0)
     recordings: tuple[int, int, int] = (0, 0, 0)
     flite: tuple[int, int, int] = (0, 0, 0)
     world: bool = True
     augment: float = 0.0
+    realistic_share: float = 0.0
     cache_dir: str = ""
 
     def fingerprint(self) -> dict[str, Any]:
@@ -124,7 +127,8 @@ class CorpusConfig:
                 or sum(self.flite) > 0)
 
 
-_REALISTIC_FIELDS = ("piper", "kokoro", "recordings", "flite", "world", "augment")
+_REALISTIC_FIELDS = ("piper", "kokoro", "recordings", "flite", "world", "augment",
+                     "realistic_share")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -141,12 +145,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # eSpeak speakers, 40 Piper variants, 36 Kokoro voices (3 base voices and their blends),
     # 48 voices of 3 real recorded people, 24 Flite voices of 2 ARCTIC speakers, WORLD
     # transforms; 30 % of the realistic utterances through a random channel (room,
-    # microphone, noise, telephone band and codec). Valid and test hold out one Kokoro, one
-    # recorded and one Flite base voice each. Hours of synthesis on one core (resumable,
+    # microphone, noise, telephone band and codec); three sources in four drawn from the
+    # realistic voices (uniform draws gave mostly eSpeak pairs, and a model that separates
+    # eSpeak from anything but two realistic voices poorly). Valid and test hold out one
+    # Kokoro, one recorded and one Flite base voice each. Hours of synthesis on one core (resumable,
     # cached); needs the Debian packages of voices/recordings.py and voices/flite.py.
     "pretrain": dict(speakers=(200, 20, 20), mixtures=(20000, 500, 500), piper=40,
                      kokoro=(36, 3, 3), recordings=(48, 4, 4), flite=(24, 2, 2), augment=0.3,
-                     labelled_fraction=1.0),
+                     realistic_share=0.75, labelled_fraction=1.0),
 }
 
 
@@ -236,6 +242,9 @@ def _validate(c: CorpusConfig) -> None:
     check(c.babble_speakers >= 1 or "babble" not in c.noise, "babble_speakers",
           "must be >= 1 for babble noise")
     check(1 <= c.n_mics <= 8, "n_mics", "must lie in 1..8")
+    check(0 <= c.realistic_share <= 1, "realistic_share", "must lie in [0, 1]")
+    check(c.realistic_share == 0 or c.has_realistic_voices(), "realistic_share",
+          "needs realistic voices (piper, kokoro, recordings or flite)")
     check(c.reverb or c.n_mics == 1, "n_mics",
           "more than one microphone needs reverb=true (rooms give the spatial cues)")
     check(all(n >= 1 for n in c.rooms), "rooms", "must be >= 1 per split")
@@ -256,6 +265,16 @@ def _validate(c: CorpusConfig) -> None:
                   + c.flite[k])
         check(voices >= max(max_k, 1), "speakers",
               f"split {split} needs at least {max_k} speaker(s) (eSpeak + realistic voices)")
+
+
+def _speaker_weights(share: float, espeak: list[Speaker], realistic: list[Voice]
+                     ) -> dict[str, float] | None:
+    """Draw weights giving the realistic voices together `share` of the draws, the eSpeak
+    speakers the rest (None: every speaker alike, when share is 0 or a group is empty)."""
+    if share == 0 or not espeak or not realistic:
+        return None
+    return {**{s.id: (1 - share) / len(espeak) for s in espeak},
+            **{v.id: share / len(realistic) for v in realistic}}
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -391,6 +410,7 @@ def _build_rows(config: CorpusConfig, seed: int, out_dir: Path,
             config.mixtures[k], config.speaker_proportions, config.mode, config.level_db,
             list(range(room_ids[k], room_ids[k + 1])) if bank is not None else None,
             config.positions, config.noise_clips if config.noise else 0, config.snr_db,
+            _speaker_weights(config.realistic_share, speakers[split], voices.get(split, [])),
         )
         noise = _noise_clips(config, seed, out_dir, k, split, plans, babble, psd)
         labelled = _labelled(config, seed, split, len(plans))

@@ -54,15 +54,22 @@ def sample_plans(
     positions: int,
     noise_clips: int,
     snr_db: tuple[float, float],
+    speaker_weights: dict[str, float] | None = None,
 ) -> list[MixturePlan]:
     """Draw `n_mixtures` plans from the speakers of one split; utterances are reused across
-    mixtures, as in WSJ0-2mix. `rooms` lists the room indices of this split (None: dry)."""
+    mixtures, as in WSJ0-2mix. `rooms` lists the room indices of this split (None: dry).
+    `speaker_weights` (None: every speaker alike) makes the chance of drawing a speaker
+    proportional to its weight, without replacement within a mixture."""
     speakers = sorted(utterances_by_speaker)
     p = np.asarray(proportions, dtype=float) / sum(proportions)
+    draw = None
+    if speaker_weights is not None:
+        w = np.asarray([speaker_weights[s] for s in speakers], dtype=float)  # (n_speakers,)
+        draw = w / w.sum()
     plans = []
     for _ in range(n_mixtures):
         k = int(rng.choice(3, p=p)) + 1
-        chosen = rng.choice(len(speakers), size=k, replace=False)
+        chosen = rng.choice(len(speakers), size=k, replace=False, p=draw)
         utts = []
         for s in chosen:
             pool = utterances_by_speaker[speakers[s]]
