@@ -37,7 +37,9 @@ demo-spatial: venv
 # real-voice dev set (measuring only). Without them, those sources' tests skip.
 VOICE_DEBS := flite asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav \
 	asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav \
-	asterisk-prompt-it-menardi-wav
+	asterisk-prompt-it-menardi-wav festival festvox-ca-ona-hts festvox-czech-dita \
+	festvox-czech-krb festvox-czech-machac festvox-czech-ph festvox-itapc16k festvox-italp16k \
+	festvox-kdlpc16k festvox-ru festvox-suopuhe-lj festvox-suopuhe-mv
 DEV_SET_DEBS := asterisk-prompt-es-co asterisk-prompt-fr-armelle
 
 voices-apt:

@@ -175,7 +175,12 @@ def test_missing_source_names_the_fix(monkeypatch):
     with pytest.raises(VoiceSourceError, match="apt-get install -y asterisk-core-sounds-en-wav"):
         recordings.check()
     with pytest.raises(VoiceSourceError, match="known"):
-        get_source("festival")
+        get_source("mbrola")
+    festival = get_source("festival")
+    monkeypatch.setattr(festival, "VOICE_ROOT", festival.VOICE_ROOT / "nowhere")
+    with pytest.raises(VoiceSourceError, match="festvox-czech-dita.*fix: apt-get install -y "
+                                                "festival festvox-"):
+        festival.check()
 
 
 def test_base_voice_deal_keeps_test_bases_out_of_training():
@@ -219,3 +224,37 @@ def test_small_build_splits_by_base_voice_and_is_deterministic(tmp_path):
     for p in files:
         assert p.read_bytes() == (b.parent / p.relative_to(a.parent)).read_bytes(), p.name
     assert a.read_text() == b.read_text()
+
+
+def _festival_installed() -> bool:
+    try:
+        get_source("festival").check()
+    except VoiceSourceError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _festival_installed(), reason="festival's voices are not installed")
+def test_festival_voices(engines):
+    e = _engine(engines, "festival")
+    dita = _voice("festival", "festival:dita", {"duration_stretch": 1.0})
+    a = e.render(dita, Line("u", TEXT, "", 0))
+    assert np.array_equal(a, e.render(dita, Line("u", TEXT, "", 0)))  # deterministic
+    assert 1.0 < len(a) / 16000 < 6.0
+    slow = e.render(_voice("festival", "festival:dita", {"duration_stretch": 1.3}),
+                    Line("u", TEXT, "", 0))
+    assert 1.15 < len(slow) / len(a) < 1.45
+    machac = e.render(_voice("festival", "festival:machac", {"duration_stretch": 1.0}),
+                      Line("u", TEXT, "", 0))
+    assert _f0(a, 16000) > 160 > _f0(machac, 16000)  # dita is a woman, machac a man
+
+
+def test_festival_packages_are_installed_by_make_voices_apt():
+    from pathlib import Path
+
+    from tsmixit.corpus.voices import festival
+
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    debs = makefile.split("VOICE_DEBS :=", 1)[1].split("DEV_SET_DEBS", 1)[0].split()
+    assert set(festival.PACKAGES) <= set(debs)
+    assert len(festival.base_voices()) == len(festival.VOICES) == 11

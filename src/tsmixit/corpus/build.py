@@ -94,7 +94,7 @@ class CorpusConfig:
     peak: float = 0.9
     workers: int = 2
     # realistic voices (voices/realistic.py): voices per split of each source (piper, kokoro,
-    # recordings, flite), splits by BASE voice; piper has one base voice (train only).
+    # recordings, flite, festival), splits by BASE voice; piper has one base voice (train only).
     # world: every voice but the first of each base gets a WORLD transform; augment: share of
     # their utterances sent through a random channel (augment.py). cache_dir: where slow
     # synthesis is cached ("" = the user cache, ~/.cache/tsmixit/voices); like workers, not
@@ -104,6 +104,7 @@ class CorpusConfig:
     kokoro: tuple[int, int, int] = (0, 0, 0)
     recordings: tuple[int, int, int] = (0, 0, 0)
     flite: tuple[int, int, int] = (0, 0, 0)
+    festival: tuple[int, int, int] = (0, 0, 0)
     world: bool = True
     augment: float = 0.0
     realistic_share: float = 0.0
@@ -124,10 +125,10 @@ class CorpusConfig:
 
     def has_realistic_voices(self) -> bool:
         return (self.piper > 0 or sum(self.kokoro) > 0 or sum(self.recordings) > 0
-                or sum(self.flite) > 0)
+                or sum(self.flite) > 0 or sum(self.festival) > 0)
 
 
-_REALISTIC_FIELDS = ("piper", "kokoro", "recordings", "flite", "world", "augment",
+_REALISTIC_FIELDS = ("piper", "kokoro", "recordings", "flite", "festival", "world", "augment",
                      "realistic_share")
 
 
@@ -143,15 +144,17 @@ PRESETS: dict[str, dict[str, Any]] = {
                          reverb=True, n_mics=4, rooms=(24, 6, 6)),
     # the pretraining corpus (configs/pretrain.yaml): every voice source, 8 kHz. Train: 200
     # eSpeak speakers, 40 Piper variants, 36 Kokoro voices (3 base voices and their blends),
-    # 48 voices of 3 real recorded people, 24 Flite voices of 2 ARCTIC speakers, WORLD
-    # transforms; 30 % of the realistic utterances through a random channel (room,
-    # microphone, noise, telephone band and codec); three sources in four drawn from the
-    # realistic voices (uniform draws gave mostly eSpeak pairs, and a model that separates
-    # eSpeak from anything but two realistic voices poorly). Valid and test hold out one
-    # Kokoro, one recorded and one Flite base voice each. Hours of synthesis on one core (resumable,
-    # cached); needs the Debian packages of voices/recordings.py and voices/flite.py.
+    # 48 voices of 3 real recorded people, 24 Flite voices of 2 ARCTIC speakers, 36 Festival
+    # voices of 9 people, WORLD transforms; 30 % of the realistic utterances through a random
+    # channel (room, microphone, noise, telephone band and codec); three sources in four
+    # drawn from the realistic voices (uniform draws gave mostly eSpeak pairs, and a model
+    # that separates eSpeak from anything but two realistic voices poorly). Valid and test
+    # hold out one Kokoro, one recorded, one Flite and one Festival base voice each. Hours of
+    # synthesis on one core (resumable, cached); needs the Debian packages of voices/recordings.py,
+    # flite.py and festival.py (make voices-apt).
     "pretrain": dict(speakers=(200, 20, 20), mixtures=(20000, 500, 500), piper=40,
-                     kokoro=(36, 3, 3), recordings=(48, 4, 4), flite=(24, 2, 2), augment=0.3,
+                     kokoro=(36, 3, 3), recordings=(48, 4, 4), flite=(24, 2, 2),
+                     festival=(36, 2, 2), augment=0.3,
                      realistic_share=0.75, labelled_fraction=1.0),
 }
 
@@ -244,7 +247,7 @@ def _validate(c: CorpusConfig) -> None:
     check(1 <= c.n_mics <= 8, "n_mics", "must lie in 1..8")
     check(0 <= c.realistic_share <= 1, "realistic_share", "must lie in [0, 1]")
     check(c.realistic_share == 0 or c.has_realistic_voices(), "realistic_share",
-          "needs realistic voices (piper, kokoro, recordings or flite)")
+          "needs realistic voices (piper, kokoro, recordings, flite or festival)")
     check(c.reverb or c.n_mics == 1, "n_mics",
           "more than one microphone needs reverb=true (rooms give the spatial cues)")
     check(all(n >= 1 for n in c.rooms), "rooms", "must be >= 1 per split")
@@ -259,10 +262,11 @@ def _validate(c: CorpusConfig) -> None:
     check(all(n >= 0 for n in c.kokoro), "kokoro", "must be three voice counts >= 0")
     check(all(n >= 0 for n in c.recordings), "recordings", "must be three voice counts >= 0")
     check(all(n >= 0 for n in c.flite), "flite", "must be three voice counts >= 0")
+    check(all(n >= 0 for n in c.festival), "festival", "must be three voice counts >= 0")
     check(0 <= c.augment <= 1, "augment", "must lie in [0, 1]")
     for k, split in enumerate(SPLITS):
         voices = (c.speakers[k] + (c.piper if k == 0 else 0) + c.kokoro[k] + c.recordings[k]
-                  + c.flite[k])
+                  + c.flite[k] + c.festival[k])
         check(voices >= max(max_k, 1), "speakers",
               f"split {split} needs at least {max_k} speaker(s) (eSpeak + realistic voices)")
 

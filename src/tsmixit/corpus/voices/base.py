@@ -18,6 +18,7 @@ output of the slow engines is cached (one FLAC per (source, settings, text, seed
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -182,3 +183,24 @@ def trim_silence(x: np.ndarray, sample_rate: int, floor_db: float = -40.0,
         return x
     pad = int(pad_seconds * sample_rate)
     return x[max(0, loud[0] * frame - pad): min(len(x), (loud[-1] + 1) * frame + pad)]
+
+
+def run_synthesis_program(argv: Callable[[str], list[str]], sample_rate: int,
+                          what: str) -> np.ndarray:
+    """Run a program that writes a WAV file (`argv(folder)`: its command line, writing
+    folder/out.wav; it may put its inputs in the temporary folder too) and return that audio
+    resampled to `sample_rate`, float64 (T,). VoiceSourceError naming `what` if it fails."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tsmixit-voice-") as folder:
+        path = os.path.join(folder, "out.wav")
+        done = subprocess.run(argv(folder), capture_output=True, text=True, timeout=120)
+        if done.returncode != 0 or not os.path.exists(path):
+            raise VoiceSourceError(f"{what} failed: {done.stderr.strip()[-300:]}")
+        x, rate = sf.read(path, dtype="float64")
+    if rate != sample_rate:
+        import soxr
+
+        x = soxr.resample(x, rate, sample_rate, quality="HQ")
+    return x

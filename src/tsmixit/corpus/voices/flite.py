@@ -11,13 +11,17 @@ speech, so not cached. Set-up (root): apt-get install -y flite.
 import os
 import shutil
 import subprocess
-import tempfile
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 
-from tsmixit.corpus.voices.base import BaseVoice, Line, Voice, VoiceSourceError
+from tsmixit.corpus.voices.base import (
+    BaseVoice,
+    Line,
+    Voice,
+    VoiceSourceError,
+    run_synthesis_program,
+)
 
 name = "flite"
 licence = ("CMU Flite 2.2 (Debian flite): CMU licence (free use and redistribution), some "
@@ -56,19 +60,12 @@ class _Engine:
 
     def render(self, voice: Voice, line: Line) -> np.ndarray:
         v = voice.base.split(":", 1)[1]
-        with tempfile.TemporaryDirectory(prefix="tsmixit-flite-") as tmp:
-            path = os.path.join(tmp, "out.wav")
-            cmd = ["flite", "-voice", v, "-t", line.text or "", "-o", path, "--setf",
-                   f"duration_stretch={voice.settings['duration_stretch']}"]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if done.returncode != 0 or not os.path.exists(path):
-                raise VoiceSourceError(f"flite failed on {line.text!r}: {done.stderr.strip()}")
-            x, rate = sf.read(path, dtype="float64")
-        if rate != self.sample_rate:
-            import soxr
-
-            x = soxr.resample(x, rate, self.sample_rate, quality="HQ")
-        return x
+        stretch = voice.settings["duration_stretch"]
+        return run_synthesis_program(
+            lambda folder: ["flite", "-voice", v, "-t", line.text or "", "-o",
+                            os.path.join(folder, "out.wav"), "--setf",
+                            f"duration_stretch={stretch}"],
+            self.sample_rate, f"flite on {line.text!r}")
 
 
 def engine() -> _Engine:

@@ -2,6 +2,7 @@
 
 from types import ModuleType
 
+import tsmixit.corpus.voices.festival as festival
 import tsmixit.corpus.voices.flite as flite
 import tsmixit.corpus.voices.kokoro as kokoro
 import tsmixit.corpus.voices.piper as piper
@@ -10,7 +11,7 @@ import tsmixit.corpus.voices.world as world
 from tsmixit.corpus.voices.base import VoiceSourceError
 
 SOURCES: dict[str, ModuleType] = {"piper": piper, "kokoro": kokoro, "recordings": recordings,
-                                   "flite": flite}
+                                   "flite": flite, "festival": festival}
 LICENCES: dict[str, str] = {
     "espeak": "eSpeak NG (espeakng-loader wheel): GPL-3.0-or-later engine and voice data",
     **{k: m.licence for k, m in SOURCES.items()},
