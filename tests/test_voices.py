@@ -247,6 +247,9 @@ def test_festival_voices(engines):
     machac = e.render(_voice("festival", "festival:machac", {"duration_stretch": 1.0}),
                       Line("u", TEXT, "", 0))
     assert _f0(a, 16000) > 160 > _f0(machac, 16000)  # dita is a woman, machac a man
+    question = Line("u", "Where did the factory question this report?", "", 0)
+    pc = _voice("festival", "festival:pc", {"duration_stretch": 1.0})
+    assert len(e.render(pc, question)) > 16000 // 2  # read as a statement, not an empty file
 
 
 def test_festival_packages_are_installed_by_make_voices_apt():

@@ -189,14 +189,15 @@ def run_synthesis_program(argv: Callable[[str], list[str]], sample_rate: int,
                           what: str) -> np.ndarray:
     """Run a program that writes a WAV file (`argv(folder)`: its command line, writing
     folder/out.wav; it may put its inputs in the temporary folder too) and return that audio
-    resampled to `sample_rate`, float64 (T,). VoiceSourceError naming `what` if it fails."""
+    resampled to `sample_rate`, float64 (T,). VoiceSourceError naming `what` if it fails or
+    writes no audio (a bare 44-byte WAV header or less)."""
     import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="tsmixit-voice-") as folder:
         path = os.path.join(folder, "out.wav")
         done = subprocess.run(argv(folder), capture_output=True, text=True, timeout=120)
-        if done.returncode != 0 or not os.path.exists(path):
+        if done.returncode != 0 or not os.path.exists(path) or os.path.getsize(path) <= 44:
             raise VoiceSourceError(f"{what} failed: {done.stderr.strip()[-300:]}")
         x, rate = sf.read(path, dtype="float64")
     if rate != sample_rate:

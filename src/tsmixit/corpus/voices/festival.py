@@ -51,6 +51,9 @@ VOICES: dict[str, tuple[str, str, str, str, str]] = {
     "mv": ("hy_fi_mv_diphone", "finnish/hy_fi_mv_diphone", "m", "fi-FI", "festvox-suopuhe-mv"),
     "ona": ("upc_ca_ona_hts", "catalan/upc_ca_ona_hts", "f", "ca-ES", "festvox-ca-ona-hts"),
 }
+# The Italian front end fails on questions (SIOD "wrong type of argument to get_c_val", an
+# empty file): these voices read them as statements.
+_NO_QUESTIONS = {"pc", "lp"}
 PACKAGES = ("festival", *sorted({v[4] for v in VOICES.values()}))
 licence = ("Festival 2.5 (Debian festival): free licence (University of Edinburgh, CMU; "
            "use, modify, redistribute); voices per their Debian copyright files: ked "
@@ -93,12 +96,14 @@ class _Engine:
     sample_rate = 16000
 
     def render(self, voice: Voice, line: Line) -> np.ndarray:
-        festival_voice = VOICES[voice.base.split(":", 1)[1]][0]
+        base = voice.base.split(":", 1)[1]
+        festival_voice = VOICES[base][0]
         stretch = voice.settings["duration_stretch"]
+        words = (line.text or "").replace("?", ".") if base in _NO_QUESTIONS else line.text
 
         def argv(folder: str) -> list[str]:
             text = Path(folder) / "in.txt"
-            text.write_text(line.text or "")
+            text.write_text(words or "")
             return ["text2wave", "-o", os.path.join(folder, "out.wav"),
                     "-eval", f"(voice_{festival_voice})",
                     "-eval", f"(Parameter.set 'Duration_Stretch {stretch})", str(text)]
