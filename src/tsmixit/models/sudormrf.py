@@ -143,6 +143,10 @@ class SuDoRMRF(nn.Module):
 
     #: The named settings `from_preset` builds.
     presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
+    #: Training under CPU bfloat16 autocast measures slower than float32 (its depthwise
+    #: convolutions do not reach the bf16 units; benchmarks/bench_bf16_separators.py), so
+    #: `train.precision: auto` keeps float32.
+    supports_cpu_bf16: ClassVar[bool] = False
 
     def __init__(
         self,
