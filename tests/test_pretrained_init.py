@@ -108,3 +108,26 @@ def test_quick_runs_keep_the_size_of_the_pretrained_start(corpus, tmp_path):
     started = load_config(None, tiny_overrides(corpus, **{
         "model.preset": "small", "model.init": str(tmp_path / "model")}))
     assert quick_config(started).model.preset == "small"
+
+
+def test_remixit_adapts_the_pretrained_separator_as_its_teacher(corpus, tmp_path):
+    """stages.remixit.teacher: pretrained plans RemixIT from the pretrained stage: its frozen
+    teacher (a frozen teacher is never updated) holds the pretrained weights exactly after
+    training, and without model.init the setting is refused by name."""
+    pretrained = save_tiny(tmp_path / "model", seed=3)
+    overrides = tiny_overrides(corpus, steps=2, **{
+        "model.init": str(tmp_path / "model"), "stages.remixit.enabled": "true",
+        "stages.remixit.teacher": "pretrained", "stages.remixit.teacher_update": "frozen"})
+    config = load_config(None, overrides)
+    remixit = next(st for st in Plan(config).stages if st.name == "remixit")
+    assert remixit.teacher == remixit.init == "pretrained"
+    result = run_recipe(config, tmp_path / "run", stages=["pretrained", "remixit"])
+    checkpoint = torch.load(result["stages"]["remixit"]["checkpoint"], weights_only=False)
+    teacher = {k.removeprefix("teacher."): v for k, v in checkpoint["state_dict"].items()
+               if k.startswith("teacher.")}
+    for name, value in pretrained.state_dict().items():
+        assert torch.equal(teacher[name], value), name
+    with pytest.raises(ConfigError, match="'stages.remixit.teacher' is 'pretrained' but "
+                                          "model.init is not set"):
+        load_config(None, tiny_overrides(corpus, **{"stages.remixit.enabled": "true",
+                                                    "stages.remixit.teacher": "pretrained"}))

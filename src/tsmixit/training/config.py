@@ -181,9 +181,10 @@ class RemixITStage(StageBudget):
     batch and remixed, train a student; the teacher follows the student (EMA or replaced)."""
 
     enabled: bool = False
-    # The teacher it starts from: the MixIT teacher (its top-k outputs) or the supervised
-    # baseline trained on the labelled fraction.
-    teacher: Literal["teacher", "supervised_fraction"] = "teacher"
+    # The teacher it starts from: the MixIT teacher (its top-k outputs), the supervised
+    # baseline trained on the labelled fraction, or the pretrained separator of model.init
+    # (the paper's use: adapting a separator trained elsewhere to unlabelled mixtures).
+    teacher: Literal["teacher", "supervised_fraction", "pretrained"] = "teacher"
     # "ema": teacher <- gamma * teacher + (1 - gamma) * student every `ema_every` steps (None:
     # once per epoch); "replace": the teacher becomes the student every `replace_every`
     # steps; "frozen": never updated. Defaults of the authors' code (etzinis/
@@ -542,6 +543,10 @@ def _check_methods(config: RecipeConfig) -> None:
             not s.supervised_fraction.enabled):
         raise ConfigError("config key 'stages.remixit.teacher' is 'supervised_fraction' but "
                           "stages.supervised_fraction.enabled is false; enable it or use "
+                          "stages.remixit.teacher: teacher")
+    if s.remixit.enabled and s.remixit.teacher == "pretrained" and config.model.init is None:
+        raise ConfigError("config key 'stages.remixit.teacher' is 'pretrained' but model.init "
+                          "is not set; set model.init (a model folder or 'pretrained') or use "
                           "stages.remixit.teacher: teacher")
 
 

@@ -160,7 +160,7 @@ def _stages(config: RecipeConfig) -> list[Stage]:
         add("sparse_mixit", "sparse_mixit", None, budget="sparse_mixit",
             sections={"sparse_mixit": s.sparse_mixit})
     if s.remixit.enabled:
-        start = s.remixit.teacher  # "teacher" or "supervised_fraction", both planned above
+        start = s.remixit.teacher  # "teacher", "supervised_fraction" or "pretrained": planned above
         add("remixit", "remixit", None, budget="remixit", teacher=start,
             init=start if s.remixit.init == "teacher" else None, sections={"remixit": s.remixit})
     if s.self_remixing.enabled:

@@ -20,9 +20,10 @@ is a multiple of n: "ema" theta_T <- gamma theta_T + (1 - gamma) theta_S (n =
 ``ema_every``, default one epoch), "replace" theta_T <- theta_S (n = ``replace_every``; the
 student keeps training, where the authors' sequential protocol starts a new student), "frozen"
 never. The teacher starts as the MixIT teacher (M outputs; an EMA then follows the student on
-the tensors the k-output student has, ``tsmixit.remixing.ema_update``) or the supervised
-baseline of the labelled fraction (``stages.remixit.teacher``); ``init: teacher`` starts the
-student from it (``init_from_teacher``).
+the tensors the k-output student has, ``tsmixit.remixing.ema_update``), the supervised
+baseline of the labelled fraction or the pretrained separator of ``model.init``
+(``stages.remixit.teacher``: the last is RemixIT's own use, adapting a separator trained on
+another domain); ``init: teacher`` starts the student from it (``init_from_teacher``).
 
 The teacher is a frozen module of the system (eval mode, no gradients, not optimised), so it
 travels in the checkpoint; the permutations come from a generator seeded with (train.seed,
