@@ -189,3 +189,16 @@ def test_a_pretrained_start_claims_that_adapting_helps(tmp_path, pretrained_si, 
     write_report(tmp_path / "plain")
     plain = json.loads((tmp_path / "plain" / "report.json").read_text())
     assert not any("pretrained" in c["claim"] for c in plain["claims"])
+
+
+def test_remixit_is_named_by_the_teacher_it_started_from():
+    from tsmixit.evaluation.report import system_name
+
+    def name(*upstream):
+        return system_name({"kind": "remixit", "round": None, "upstream": list(upstream)})
+
+    assert name("teacher") == name() == "RemixIT"
+    assert name("supervised_fraction") == "RemixIT (from the supervised fraction)"
+    assert name("pretrained") == "RemixIT (from the pretrained separator)"
+    # init "scratch" with model.init: the MixIT teacher first, the pretrained start second
+    assert name("teacher", "pretrained") == "RemixIT"

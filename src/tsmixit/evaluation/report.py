@@ -55,8 +55,11 @@ def system_name(summary: dict[str, Any]) -> str | None:
         return "TS-MixIT student" if not round_ else f"+ distillation round {round_}"
     if kind == "finetune":
         return "+ fine-tune" if not round_ else f"+ distillation round {round_}, fine-tuned"
-    if kind == "remixit" and "supervised_fraction" in summary.get("upstream", ()):
-        return "RemixIT (from the supervised fraction)"
+    if kind == "remixit":
+        start = (summary.get("upstream") or ["teacher"])[0]  # its teacher: listed first
+        return {"supervised_fraction": "RemixIT (from the supervised fraction)",
+                "pretrained": "RemixIT (from the pretrained separator)"}.get(
+                    start, METHOD_NAMES["remixit"])
     return METHOD_NAMES.get(kind)
 
 
