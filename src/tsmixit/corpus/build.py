@@ -124,8 +124,7 @@ class CorpusConfig:
         return out
 
     def has_realistic_voices(self) -> bool:
-        return (self.piper > 0 or sum(self.kokoro) > 0 or sum(self.recordings) > 0
-                or sum(self.flite) > 0 or sum(self.festival) > 0)
+        return bool(_realistic.counts(self))
 
 
 _REALISTIC_FIELDS = ("piper", "kokoro", "recordings", "flite", "festival", "world", "augment",
@@ -265,8 +264,7 @@ def _validate(c: CorpusConfig) -> None:
     check(all(n >= 0 for n in c.festival), "festival", "must be three voice counts >= 0")
     check(0 <= c.augment <= 1, "augment", "must lie in [0, 1]")
     for k, split in enumerate(SPLITS):
-        voices = (c.speakers[k] + (c.piper if k == 0 else 0) + c.kokoro[k] + c.recordings[k]
-                  + c.flite[k] + c.festival[k])
+        voices = c.speakers[k] + sum(n[k] for n in _realistic.counts(c).values())
         check(voices >= max(max_k, 1), "speakers",
               f"split {split} needs at least {max_k} speaker(s) (eSpeak + realistic voices)")
 
