@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,8 +36,18 @@ from tsmixit.corpus.voices.base import (
 name = "festival"
 cached = False
 VOICE_ROOT = Path("/usr/share/festival/voices")
-# base voice -> (Festival voice, its folder under VOICE_ROOT, gender, language, package)
-VOICES: dict[str, tuple[str, str, str, str, str]] = {
+
+
+class FestivalVoice(NamedTuple):
+    voice: str     # Festival's name: `(voice_<voice>)` selects it
+    folder: str    # where its package installs it, under VOICE_ROOT
+    gender: str
+    language: str
+    package: str   # the Debian package that brings it
+
+
+#: base voice (the name after "festival:") -> its Festival voice
+VOICES: dict[str, FestivalVoice] = {k: FestivalVoice(*v) for k, v in {
     "ked": ("ked_diphone", "english/ked_diphone", "m", "en-US", "festvox-kdlpc16k"),
     "pc": ("pc_diphone", "italian/pc_diphone", "m", "it-IT", "festvox-itapc16k"),
     "lp": ("lp_diphone", "italian/lp_diphone", "f", "it-IT", "festvox-italp16k"),
@@ -50,11 +60,11 @@ VOICES: dict[str, tuple[str, str, str, str, str]] = {
            "festvox-suopuhe-lj"),
     "mv": ("hy_fi_mv_diphone", "finnish/hy_fi_mv_diphone", "m", "fi-FI", "festvox-suopuhe-mv"),
     "ona": ("upc_ca_ona_hts", "catalan/upc_ca_ona_hts", "f", "ca-ES", "festvox-ca-ona-hts"),
-}
+}.items()}
 # The Italian front end fails on questions (SIOD "wrong type of argument to get_c_val", an
 # empty file): these voices read them as statements.
 _NO_QUESTIONS = {"pc", "lp"}
-PACKAGES = ("festival", *sorted({v[4] for v in VOICES.values()}))
+PACKAGES = ("festival", *sorted({v.package for v in VOICES.values()}))
 licence = ("Festival 2.5 (Debian festival): free licence (University of Edinburgh, CMU; "
            "use, modify, redistribute); voices per their Debian copyright files: ked "
            "(festvox-kdlpc16k) and nsh (festvox-ru) the same free Festival licence (festvox-ru's "
@@ -65,7 +75,7 @@ _FIX = f"apt-get install -y {' '.join(PACKAGES)} (or make voices-apt)"
 
 
 def check() -> None:
-    missing = [v[4] for v in VOICES.values() if not (VOICE_ROOT / v[1]).is_dir()]
+    missing = [v.package for v in VOICES.values() if not (VOICE_ROOT / v.folder).is_dir()]
     if shutil.which("text2wave") is None:
         missing.insert(0, "festival")
     if missing:
@@ -74,8 +84,7 @@ def check() -> None:
 
 
 def base_voices() -> list[BaseVoice]:
-    return [BaseVoice(f"festival:{v}", name, g, lang)
-            for v, (_, _, g, lang, _) in VOICES.items()]
+    return [BaseVoice(f"festival:{k}", name, v.gender, v.language) for k, v in VOICES.items()]
 
 
 def sample_settings(rng: np.random.Generator, base: BaseVoice,
@@ -87,7 +96,7 @@ def version() -> str:
     try:
         out = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Version}\\n", *PACKAGES],
                              capture_output=True, text=True, timeout=10)
-        return "; ".join(out.stdout.split("\n")).strip("; ") or "festival"
+        return "; ".join(out.stdout.splitlines()) or "festival"
     except (OSError, subprocess.SubprocessError):
         return "festival (version unknown)"
 
@@ -97,7 +106,7 @@ class _Engine:
 
     def render(self, voice: Voice, line: Line) -> np.ndarray:
         base = voice.base.split(":", 1)[1]
-        festival_voice = VOICES[base][0]
+        festival_voice = VOICES[base].voice
         stretch = voice.settings["duration_stretch"]
         words = (line.text or "").replace("?", ".") if base in _NO_QUESTIONS else line.text
 
