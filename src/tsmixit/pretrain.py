@@ -100,6 +100,7 @@ def release_now(config: RecipeConfig, run_dir: str | os.PathLike,
     from tsmixit.models.folder import sha256
     from tsmixit.recipe import evaluate_run
     from tsmixit.training.checkpoints import load_checkpoint
+    from tsmixit.training.plan import Plan
     from tsmixit.training.run_folder import run_lock
     from tsmixit.training.splits import prepare_splits
 
@@ -115,8 +116,9 @@ def release_now(config: RecipeConfig, run_dir: str | os.PathLike,
         best_score = next((state.get("best_model_score")
                            for name, state in ckpt.get("callbacks", {}).items()
                            if "'monitor': 'val_si_snri'" in name), None)
-        summary = {"stage": STAGE, "kind": "supervised", "labels": "all",
-                   "checkpoint": str(best.resolve()), "fingerprint": sha256(best),
+        stage = next(st for st in Plan(config).stages if st.name == STAGE)
+        summary = {**stage.record(), "checkpoint": str(best.resolve()),
+                   "fingerprint": sha256(best),
                    "steps": int(ckpt["global_step"]),
                    "train_seconds": round(float(ckpt["callbacks"].get("Timer", {}).get(
                        "time_elapsed", {}).get("train", 0.0)), 1),
