@@ -259,6 +259,37 @@ def test_realistic_settings_leave_old_fingerprints_alone():
     assert "piper" not in realistic and "cache_dir" not in realistic
 
 
+def test_same_speaker_mixtures_repeat_the_first_speaker_with_another_utterance():
+    """With same_speaker = q, about q of the 2-speaker plans hold two different utterances of
+    one speaker and the rest two speakers; 3-speaker plans repeat only the first; q = 0 never
+    repeats a speaker; a speaker pool too small for it is refused by name."""
+    from tsmixit.corpus.mixing import sample_plans
+
+    by_speaker = {f"sp{i}": [f"sp{i}_u{j}" for j in range(3)] for i in range(6)}
+    frames = {u: 8000 + 10 * i for i, u in enumerate(sorted(sum(by_speaker.values(), [])))}
+
+    def plans(k_shares, q):
+        return sample_plans(np.random.default_rng(1), by_speaker, frames, 2000, k_shares,
+                            "min", 5.0, None, 4, 0, (5.0, 20.0), None, q)
+
+    def speakers(plan):
+        return [u.split("_")[0] for u in plan.utterances]
+
+    two = plans((0.0, 1.0, 0.0), 0.3)
+    same = [len(set(speakers(p))) == 1 for p in two]
+    assert np.mean(same) == pytest.approx(0.3, abs=0.04)
+    assert all(len(set(p.utterances)) == 2 for p in two)  # never one utterance twice
+    three = plans((0.0, 0.0, 1.0), 0.3)
+    assert all(speakers(p)[0] != speakers(p)[2] and speakers(p)[1] != speakers(p)[2]
+               for p in three)
+    assert np.mean([speakers(p)[0] == speakers(p)[1] for p in three]) == \
+        pytest.approx(0.3, abs=0.04)
+    assert not any(len(set(speakers(p))) == 1 for p in plans((0.0, 1.0, 0.0), 0.0))
+    with pytest.raises(ConfigError, match="same_speaker"):
+        make_config("tiny", same_speaker=0.2, utterances=(1, 4))
+    assert make_config("tiny", same_speaker=0.2).fingerprint()["same_speaker"] == 0.2
+
+
 def test_pretrain_preset():
     c = make_config("pretrain")
     assert c.has_realistic_voices() and c.sample_rate == 8000

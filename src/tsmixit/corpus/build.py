@@ -69,7 +69,9 @@ class CorpusConfig:
     1-, 2- and 3-speaker mixtures; noise lists the noise types (empty: clean), snr_db the
     SNR range; rooms counts rooms per split; positions the source positions per room;
     rt60 the nominal RT60 range (s); max_order caps the image-source order; peak the mixture
-    peak after normalisation; workers the synthesis processes (not part of the bytes).
+    peak after normalisation; workers the synthesis processes (not part of the bytes);
+    same_speaker the chance that a mixture of two or more gives its second source to its
+    first speaker (another utterance; mixing.py).
     """
 
     sample_rate: int = 8000
@@ -108,17 +110,18 @@ class CorpusConfig:
     world: bool = True
     augment: float = 0.0
     realistic_share: float = 0.0
+    same_speaker: float = 0.0
     cache_dir: str = ""
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that determine the corpus bytes (everything but `workers` and
-        `cache_dir`; the realistic-voice settings only where they differ from their defaults,
-        so corpora without them keep the fingerprint they always had)."""
+        `cache_dir`; the settings added after format 1 only where they differ from their
+        defaults, so corpora without them keep the fingerprint they always had)."""
         out = {k: (list(v) if isinstance(v, tuple) else v)
                for k, v in dataclasses.asdict(self).items()}
         del out["workers"], out["cache_dir"]
         defaults = CorpusConfig()
-        for name in _REALISTIC_FIELDS:
+        for name in _LATER_FIELDS:
             if getattr(self, name) == getattr(defaults, name):
                 del out[name]
         return out
@@ -127,8 +130,8 @@ class CorpusConfig:
         return bool(_realistic.counts(self))
 
 
-_REALISTIC_FIELDS = ("piper", "kokoro", "recordings", "flite", "festival", "world", "augment",
-                     "realistic_share")
+_LATER_FIELDS = ("piper", "kokoro", "recordings", "flite", "festival", "world", "augment",
+                 "realistic_share", "same_speaker")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -247,6 +250,9 @@ def _validate(c: CorpusConfig) -> None:
     check(0 <= c.realistic_share <= 1, "realistic_share", "must lie in [0, 1]")
     check(c.realistic_share == 0 or c.has_realistic_voices(), "realistic_share",
           "needs realistic voices (piper, kokoro, recordings, flite or festival)")
+    check(0 <= c.same_speaker <= 1, "same_speaker", "must lie in [0, 1]")
+    check(c.same_speaker == 0 or min(c.utterances) >= 2, "same_speaker",
+          "needs utterances >= 2 per speaker (two different ones per same-speaker mixture)")
     check(c.reverb or c.n_mics == 1, "n_mics",
           "more than one microphone needs reverb=true (rooms give the spatial cues)")
     check(all(n >= 1 for n in c.rooms), "rooms", "must be >= 1 per split")
@@ -413,6 +419,7 @@ def _build_rows(config: CorpusConfig, seed: int, out_dir: Path,
             list(range(room_ids[k], room_ids[k + 1])) if bank is not None else None,
             config.positions, config.noise_clips if config.noise else 0, config.snr_db,
             _speaker_weights(config.realistic_share, speakers[split], voices.get(split, [])),
+            config.same_speaker,
         )
         noise = _noise_clips(config, seed, out_dir, k, split, plans, babble, psd)
         labelled = _labelled(config, seed, split, len(plans))

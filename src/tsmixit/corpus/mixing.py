@@ -1,12 +1,14 @@
 """Mixtures in the style of WSJ0-2mix, optional additive noise, and their gains.
 
 A mixture draws k speakers of one split (k = 1, 2 or 3 in set proportions), one utterance
-each, and relative levels: k = 2, r ~ U[-R, R] dB with the sources at +r/2 and -r/2 dB;
-k = 3, each source at U[-R/2, R/2] dB, so every pair lies within [-R, R] dB. Levels are set
-on the rendered source images at microphone 0 over the mixture's frames. Its length is the
-shortest ("min") or longest ("max") utterance; all start at frame 0. Noise, when present,
-is scaled to an SNR drawn from a range against the sum of the sources at microphone 0.
-Finally every gain is scaled so that the peak over the mixture (all channels) and the
+each (or, with a set chance, two different utterances of its first speaker: a same-speaker
+mixture, separable only by what is said, not by who says it), and relative levels: k = 2, r
+~ U[-R, R] dB with the sources at +r/2 and -r/2 dB; k = 3, each source at U[-R/2, R/2] dB,
+so every pair lies within [-R, R] dB. Levels are set on the rendered source images at
+microphone 0 over the mixture's frames. Its length is the shortest ("min") or longest
+("max") utterance; all start at frame 0. Noise, when present, is scaled to an SNR drawn from
+a range against the sum of the sources at microphone 0. Finally every gain is scaled so that
+the peak over the mixture (all channels) and the
 sources is `peak` (0.9): no clipping, in float or 16-bit files.
 """
 
@@ -55,11 +57,14 @@ def sample_plans(
     noise_clips: int,
     snr_db: tuple[float, float],
     speaker_weights: dict[str, float] | None = None,
+    same_speaker: float = 0.0,
 ) -> list[MixturePlan]:
     """Draw `n_mixtures` plans from the speakers of one split; utterances are reused across
     mixtures, as in WSJ0-2mix. `rooms` lists the room indices of this split (None: dry).
     `speaker_weights` (None: every speaker alike) makes the chance of drawing a speaker
-    proportional to its weight, without replacement within a mixture."""
+    proportional to its weight, without replacement within a mixture. `same_speaker`: the
+    chance that a mixture of k >= 2 gives its second source to its first speaker, with a
+    different utterance (0 draws nothing for it: corpora without it keep their bytes)."""
     speakers = sorted(utterances_by_speaker)
     p = np.asarray(proportions, dtype=float) / sum(proportions)
     draw = None
@@ -69,10 +74,16 @@ def sample_plans(
     plans = []
     for _ in range(n_mixtures):
         k = int(rng.choice(3, p=p)) + 1
-        chosen = rng.choice(len(speakers), size=k, replace=False, p=draw)
-        utts = []
+        repeat = k >= 2 and same_speaker > 0 and rng.random() < same_speaker
+        chosen = rng.choice(len(speakers), size=k - repeat, replace=False, p=draw)
+        if repeat:
+            chosen = np.insert(chosen, 1, chosen[0])
+        utts: list[str] = []
         for s in chosen:
-            pool = utterances_by_speaker[speakers[s]]
+            pool = [u for u in utterances_by_speaker[speakers[s]] if u not in utts]
+            if not pool:
+                raise ValueError(f"speaker {speakers[s]} has one utterance: a same-speaker "
+                                 "mixture needs two")
             utts.append(pool[int(rng.integers(len(pool)))])
         lengths = [frames[u] for u in utts]
         num_frames = min(lengths) if mode == "min" else max(lengths)
