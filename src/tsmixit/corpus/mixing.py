@@ -2,14 +2,14 @@
 
 A mixture draws k speakers of one split (k = 1, 2 or 3 in set proportions), one utterance
 each (or, with a set chance, two different utterances of its first speaker: a same-speaker
-mixture, separable only by what is said, not by who says it), and relative levels: k = 2, r
-~ U[-R, R] dB with the sources at +r/2 and -r/2 dB; k = 3, each source at U[-R/2, R/2] dB,
-so every pair lies within [-R, R] dB. Levels are set on the rendered source images at
-microphone 0 over the mixture's frames. Its length is the shortest ("min") or longest
-("max") utterance; all start at frame 0. Noise, when present, is scaled to an SNR drawn from
-a range against the sum of the sources at microphone 0. Finally every gain is scaled so that
-the peak over the mixture (all channels) and the
-sources is `peak` (0.9): no clipping, in float or 16-bit files.
+mixture, separable only by what is said, not by who says it), and relative levels:
+k = 2, r ~ U[-R, R] dB with the sources at +r/2 and -r/2 dB; k = 3, each source at
+U[-R/2, R/2] dB, so every pair lies within [-R, R] dB. Levels are set on the rendered source
+images at microphone 0 over the mixture's frames. Its length is the shortest ("min") or
+longest ("max") utterance; all start at frame 0. Noise, when present, is scaled to an SNR
+drawn from a range against the sum of the sources at microphone 0. Finally every gain is
+scaled so that the peak over the mixture (all channels) and the sources is `peak` (0.9): no
+clipping, in float or 16-bit files.
 """
 
 from dataclasses import dataclass
