@@ -4,6 +4,9 @@ test_conv_tasnet.py, test_dprnn.py, test_sudormrf.py and test_tf_gridnet.py)."""
 
 import inspect
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -257,3 +260,15 @@ def test_declared_bf16_training_path_stays_close_to_float32(arch):
     assert float((fast - exact).abs().max() / exact.abs().max()) < 0.05
     assert abs(float(fast_loss - exact_loss)) < 0.5
     assert float(torch.nn.functional.cosine_similarity(fast_grad, exact_grad, dim=0)) > 0.95
+
+
+def test_bf16_training_path_holds_where_onednn_lacks_bf16_kernels():
+    """On a CPU without AVX-512 oneDNN has no bf16 LSTM kernel and refuses an LSTM fed
+    float32 under bf16 autocast; ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU such a one (read at
+    start-up, hence a fresh process), and the closeness test above must pass there too."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "test_declared_bf16_training_path_stays_close_to_float32"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]

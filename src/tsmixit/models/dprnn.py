@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsmixit.errors import ConfigError
+from tsmixit.models._cpu_kernels import cpu_autocast_dtype
 from tsmixit.models.consistency import mixture_consistency
 from tsmixit.models.inputs import as_channels, build_preset
 
@@ -93,7 +94,11 @@ class PathRNN(nn.Module):
         self.norm = ChannelLastGLN(D)
 
     def forward(self, seq: Tensor, batch: int) -> Tensor:
-        out, _ = self.rnn(seq)  # (batch*n, steps, 2H)
+        # Under CPU autocast the BiLSTM gets its input already in the autocast dtype: from a
+        # float32 input oneDNN refuses the bf16 LSTM on CPUs without AVX-512 ("could not
+        # create a primitive descriptor"), from a bf16 one it runs everywhere.
+        dtype = cpu_autocast_dtype(seq)
+        out, _ = self.rnn(seq if dtype is None else seq.to(dtype))  # (batch*n, steps, 2H)
         out = self.proj(out)  # (batch*n, steps, D)
         return self.norm(out.reshape(batch, -1, *out.shape[1:]))  # (batch, n, steps, D)
 
