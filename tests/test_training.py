@@ -289,3 +289,41 @@ def test_precision_auto_takes_bf16_only_where_the_cpu_path_exists(monkeypatch):
     assert precision(config("sudormrf", "bf16-mixed")) == "bf16-mixed"  # asked for: as asked
     monkeypatch.setattr(_cpu_kernels, "bf16_training_available", lambda: False)
     assert precision(config("conv_tasnet")) == "32-true"
+
+
+def test_weight_ema_is_the_average_checkpoints_and_exports_carry(corpus, tmp_path):
+    """train.ema_decay = d: after two steps the checkpoint's weights are d w1 + (1 - d) w2,
+    w1 from a one-step run of the same seed, w2 the trained weights kept beside them."""
+    decay = 0.25
+
+    def teacher(run: str, steps: int) -> tuple[dict, dict]:
+        config = load_config(None, tiny_overrides(corpus, steps=steps,
+                                                  **{"train.ema_decay": decay}))
+        summary = run_recipe(config, tmp_path / run, stages=["teacher"])["stages"]["teacher"]
+        ckpt = torch.load(tmp_path / run / "teacher" / "checkpoints" / "last.ckpt",
+                          weights_only=True)
+        return ckpt, summary
+
+    one, _ = teacher("one", 1)
+    two, summary = teacher("two", 2)
+    w1 = one["current_model_state"]
+    w2 = two["current_model_state"]
+    for name, average in two["state_dict"].items():
+        torch.testing.assert_close(one["state_dict"][name], w1[name], rtol=0, atol=0)
+        torch.testing.assert_close(average, decay * w1[name] + (1 - decay) * w2[name],
+                                   rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(w2[n], two["state_dict"][n]) for n in w2)
+    exported = load_separator(tmp_path / "two" / summary["checkpoint"]).state_dict()
+    for name, value in exported.items():
+        assert torch.equal(value, two["state_dict"][systems.MODEL_PREFIX + name])
+
+
+def test_weight_ema_is_checked_and_off_leaves_fingerprints_alone():
+    from tsmixit.training.plan import shared_sections
+
+    with pytest.raises(ConfigError, match="train.ema_decay"):
+        load_config(None, ["train.max_steps=5", "train.ema_decay=1.0"])
+    off = load_config(None, ["train.max_steps=5"])
+    on = load_config(None, ["train.max_steps=5", "train.ema_decay=0.999"])
+    assert "ema_decay" not in shared_sections(off, "c")["train"]  # older runs keep stages
+    assert shared_sections(on, "c")["train"]["ema_decay"] == 0.999

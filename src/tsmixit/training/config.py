@@ -81,6 +81,10 @@ class TrainConfig:
     grad_clip: float = 5.0
     plateau_patience: int = 3
     plateau_factor: float = 0.5
+    # Decay d of an exponential moving average of the weights (Polyak averaging; horizon
+    # about 1 / (1 - d) steps): validation, checkpoints and exported models use the average.
+    # None: off.
+    ema_decay: float | None = None
     val_every: int = 200
     # Steps between resumable checkpoints (checkpoints/last.ckpt); None = val_every.
     checkpoint_every: int | None = None
@@ -339,6 +343,9 @@ def _check(config: RecipeConfig) -> None:
         positive(f"train.{name}", getattr(t, name), allow_zero=name == "grad_clip")
     if not 0.0 < t.plateau_factor < 1.0:
         raise ConfigError("config key 'train.plateau_factor' must lie in (0, 1)")
+    if t.ema_decay is not None and not 0.0 < t.ema_decay < 1.0:
+        raise ConfigError("config key 'train.ema_decay' must lie in (0, 1), e.g. 0.999 "
+                          "(an average over about 1000 steps), or be null (off)")
     for stage in BUDGET_STAGES:
         budget = getattr(config.stages, stage)
         for name in ("max_steps", "max_epochs", "max_minutes", "lr"):

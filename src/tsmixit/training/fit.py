@@ -6,7 +6,8 @@ Checkpoints of a stage (RUN/<stage>/checkpoints/): ``best.ckpt``, best on valida
 ``last.ckpt``, written every ``train.checkpoint_every`` steps (model, optimiser, plateau
 scheduler, step counters, timer, position in the epoch's data order) and once more at the
 end. An interrupted stage resumes from ``last.ckpt`` to the weights an uninterrupted run
-gives on the same hardware.
+gives on the same hardware. With ``train.ema_decay`` set, a checkpoint's ``state_dict`` is the
+moving average of the weights (`WeightEMA`) and ``current_model_state`` the trained weights.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import Dataset
@@ -134,6 +135,26 @@ def precision(config: RecipeConfig) -> str:
     return "bf16-mixed" if on_cpu and has_path and bf16_training_available() else "32-true"
 
 
+class WeightEMA(EMAWeightAveraging):
+    """Exponential moving average of the weights (Polyak and Juditsky, 1992), Lightning's
+    callback: after each optimiser step
+
+        bar_theta <- d bar_theta + (1 - d) theta     (bar_theta = theta after the first step),
+
+    over parameters and floating-point buffers. Validation (so the best checkpoint and the
+    plateau scheduler) sees bar_theta, and every checkpoint stores it as ``state_dict``: the
+    weights each later stage, `export` and evaluation read. Unlike the parent, the module keeps
+    theta when training ends, so the final ``last.ckpt`` holds both and a longer budget resumes
+    the trained weights, not their average.
+    """
+
+    def __init__(self, decay: float) -> None:
+        super().__init__(decay=decay, use_buffers=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Keep theta in the module (the checkpoint's state_dict holds bar_theta)."""
+
+
 def trainer(config: RecipeConfig, folder: Path | None, budget: Budget | None,
             callbacks: list[Callback]) -> L.Trainer:
     """A Trainer for a training stage (with budget and loggers) or for prediction."""
@@ -175,6 +196,8 @@ def fit(ctx: StageContext, stage: Stage, folder: Path, system: L.LightningModule
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=every,
                            save_top_k=1, enable_version_counter=False)
     callbacks: list[Callback] = [last, _StageLine(stage.name)]
+    if t.ema_decay is not None:
+        callbacks.append(WeightEMA(t.ema_decay))
     callbacks.append(Timer(duration=None if budget.max_minutes is None
                            else timedelta(minutes=budget.max_minutes), interval="step"))
     best = None

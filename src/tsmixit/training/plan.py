@@ -35,6 +35,9 @@ EXECUTION_KEYS = {
     "train": ("accelerator", "devices", "num_nodes", "strategy", "progress", "log_every",
               "checkpoint_every"),
 }
+#: Keys added after run folders existed: outside the fingerprint while off (None), so a
+#: finished stage of an older run is not redone.
+LATER_KEYS = {"train": ("ema_decay",)}
 #: Model keys a kind of stage never reads (a student setting does not retrain the teacher).
 #: The teacher and the labeller read k = student_outputs: the top-k outputs they keep.
 UNREAD_MODEL_KEYS = {"teacher": ("student_consistency",), "label": ("student_consistency",),
@@ -177,6 +180,10 @@ def shared_sections(config: RecipeConfig, corpus_key: str, kind: str | None = No
     for section, keys in {**EXECUTION_KEYS, "model": UNREAD_MODEL_KEYS.get(kind, ())}.items():
         for key in keys:
             cfg[section].pop(key, None)
+    for section, keys in LATER_KEYS.items():
+        for key in keys:
+            if cfg[section].get(key) is None:
+                cfg[section].pop(key, None)
     return {"corpus": corpus_key, "model": cfg["model"], "data": cfg["data"],
             "train": cfg["train"]}
 
