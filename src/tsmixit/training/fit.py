@@ -151,6 +151,12 @@ class WeightEMA(EMAWeightAveraging):
     def __init__(self, decay: float) -> None:
         super().__init__(decay=decay, use_buffers=True)
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """bar_theta on this process's training device (the module is moved there only
+        after this hook), not on the CPU beside a GPU's weights."""
+        self._device = trainer.strategy.root_device
+        super().setup(trainer, pl_module, stage)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Keep theta in the module (the checkpoint's state_dict holds bar_theta)."""
 
