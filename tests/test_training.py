@@ -327,3 +327,14 @@ def test_weight_ema_is_checked_and_off_leaves_fingerprints_alone():
     on = load_config(None, ["train.max_steps=5", "train.ema_decay=0.999"])
     assert "ema_decay" not in shared_sections(off, "c")["train"]  # older runs keep stages
     assert shared_sections(on, "c")["train"]["ema_decay"] == 0.999
+
+
+def test_lightnings_cloud_logger_advert_is_dropped_and_its_other_lines_kept(caplog):
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    import tsmixit.training.fit  # noqa: F401  (installs the filter)
+
+    with caplog.at_level("INFO", logger="lightning.pytorch.utilities.rank_zero"):
+        rank_zero_info("💡 Tip: try installing [litlogger](https://pypi.org/project/litlogger/)")
+        rank_zero_info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]

@@ -39,6 +39,16 @@ from tsmixit.training.systems import PITSeparator, init_from_teacher
 log = logging.getLogger(__name__)
 
 
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger, printed at every stage."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
 @dataclass
 class StageContext:
     """What a stage reads: the config, the mixtures, the run folder and the summaries of
