@@ -10,7 +10,7 @@ SPATIAL_RUN_DIR ?= runs/demo-spatial
 #   make demo TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'
 TORCH ?= torch==2.13.0
 
-.PHONY: demo demo-scratch demo-spatial smoke test lint venv clean voices-apt pretrain browser-apt
+.PHONY: demo demo-scratch demo-spatial smoke test lint venv clean voices-apt voices-npm pretrain browser-apt
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,18 @@ DEV_SET_DEBS := asterisk-prompt-es-co asterisk-prompt-fr-armelle
 
 voices-apt:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(VOICE_DEBS) $(DEV_SET_DEBS)
+
+# The other 49 voices of Kokoro-82M (voices/kokoro_js.py): only the voice files of the npm
+# package kokoro-js, unpacked into the venv; none of its JavaScript runs.
+KOKORO_JS := kokoro-js@1.2.1
+KOKORO_JS_DIR := $(VENV)/share/kokoro-js
+
+voices-npm: venv
+	rm -rf $(KOKORO_JS_DIR).tmp && mkdir -p $(KOKORO_JS_DIR).tmp
+	cd $(KOKORO_JS_DIR).tmp && npm pack --silent $(KOKORO_JS) > /dev/null && \
+		tar -xzf kokoro-js-*.tgz package/voices package/LICENSE package/package.json && \
+		rm kokoro-js-*.tgz
+	rm -rf $(KOKORO_JS_DIR) && mv $(KOKORO_JS_DIR).tmp $(KOKORO_JS_DIR)
 
 # Headless Chromium for the browser test of `tsmixit serve` (it skips without); installed
 # only when missing.

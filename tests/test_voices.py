@@ -16,6 +16,7 @@ from tsmixit.corpus.voices import (
     VoiceSourceError,
     get_source,
     kokoro,
+    kokoro_js,
     realistic,
     recordings,
     world,
@@ -261,3 +262,55 @@ def test_festival_packages_are_installed_by_make_voices_apt():
     debs = makefile.split("VOICE_DEBS :=", 1)[1].split("DEV_SET_DEBS", 1)[0].split()
     assert set(festival.PACKAGES) <= set(debs)
     assert len(festival.base_voices()) == len(festival.VOICES) == 11
+
+
+def _kokoro_js_installed() -> bool:
+    try:
+        kokoro_js.check()
+    except VoiceSourceError:
+        return False
+    return True
+
+
+needs_kokoro_js = pytest.mark.skipif(not _kokoro_js_installed(),
+                                     reason="kokoro-js voices not unpacked (make voices-npm)")
+
+
+@needs_kokoro_js
+def test_kokoro_js_adds_the_other_49_voices_and_speaks_them(engines):
+    bases = {b.id: b for b in kokoro_js.base_voices()}
+    assert len(bases) == 49 and not {i.split(":")[1] for i in bases} & set(kokoro.VOICES)
+    adam, heart, george = bases["kokoro_js:am_adam"], bases["kokoro_js:af_heart"], \
+        bases["kokoro_js:bm_george"]
+    assert (adam.gender, adam.language, heart.gender, george.language) == ("m", "en-US", "f",
+                                                                           "en-GB")
+    e = _engine(engines, "kokoro_js")
+    # the style table is the file's float32 values, read here independently
+    raw = np.frombuffer(kokoro_js.voice_files()["am_adam"].read_bytes(), dtype="<f4")
+    assert np.array_equal(e.styles["am_adam"].ravel(), raw) and raw.size == 510 * 256
+    male = _voice("kokoro_js", adam.id, {"blend": {"am_adam": 1.0}, "speed": 1.0})
+    female = _voice("kokoro_js", heart.id, {"blend": {"af_heart": 1.0}, "speed": 1.0})
+    short = "Seven old boxes."
+    a = e.render(male, Line("u", short, "", 0))
+    assert np.array_equal(a, e.render(male, Line("u", short, "", 0)))
+    assert 0.6 < len(a) / e.sample_rate < 3.0 and np.sqrt(np.mean(a**2)) > 0.01
+    b = e.render(female, Line("u", short, "", 0))
+    f_male, f_female = (_f0(soxr.resample(z, 24000, 16000), 16000) for z in (a, b))
+    assert f_male < 150 < f_female
+
+
+@needs_kokoro_js
+def test_kokoro_js_refuses_altered_or_missing_voice_files(tmp_path, monkeypatch):
+    copy = tmp_path / "package"
+    shutil.copytree(kokoro_js.package_dir(), copy)
+    monkeypatch.setenv("TSMIXIT_KOKORO_JS", str(copy))
+    assert len(kokoro_js.load_styles()) == 49
+    target = copy / "voices" / "am_adam.bin"
+    data = bytearray(target.read_bytes())
+    data[100] ^= 1
+    target.write_bytes(bytes(data))
+    with pytest.raises(VoiceSourceError, match="SHA-256 mismatch.*make voices-npm"):
+        kokoro_js.load_styles()
+    monkeypatch.setenv("TSMIXIT_KOKORO_JS", str(tmp_path / "nowhere"))
+    with pytest.raises(VoiceSourceError, match="nowhere.*make voices-npm"):
+        kokoro_js.base_voices()

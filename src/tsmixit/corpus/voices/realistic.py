@@ -35,14 +35,15 @@ from tsmixit.corpus.voices.synthesis import synthesize_voices
 SPLITS = ("train", "valid", "test")
 _PREFIX = {"train": "tr", "valid": "cv", "test": "tt"}
 _STAGE_BASES, _STAGE_VOICES, _STAGE_LINES = 21, 22, 23
-ORDER = ("piper", "kokoro", "recordings", "flite", "festival")  # append only: draws use the index
+# append only: draws use the index
+ORDER = ("piper", "kokoro", "recordings", "flite", "festival", "kokoro_js")
 
 
 def counts(config: Any) -> dict[str, tuple[int, int, int]]:
     """Voices per split of each source with any."""
     out = {"piper": (config.piper, 0, 0), "kokoro": tuple(config.kokoro),
            "recordings": tuple(config.recordings), "flite": tuple(config.flite),
-           "festival": tuple(config.festival)}
+           "festival": tuple(config.festival), "kokoro_js": tuple(config.kokoro_js)}
     return {k: v for k, v in out.items() if sum(v) > 0}
 
 
