@@ -84,15 +84,21 @@ def test_kokoro_blends_style_vectors_linearly(engines):
     assert np.allclose(half, 0.5 * e.styles["jf_alpha"] + 0.5 * e.styles["jm_kumo"])
     # eSpeak's "quiet" and "jumped", ties kept: diphthongs become Kokoro's single symbols
     assert kokoro.to_kokoro("kwˈa^ɪ^ət d^ʒˈʌmpt", e.vocab) == "kwˈIət ʤˈʌmpt"
-    male = _voice("kokoro", "kokoro:jm_kumo", {"blend": {"jm_kumo": 1.0}, "speed": 1.0})
-    female = _voice("kokoro", "kokoro:jf_alpha", {"blend": {"jf_alpha": 1.0}, "speed": 1.0})
+    _speaks_as_man_and_woman(e, "kokoro", "jm_kumo", "jf_alpha", f0_between=170)
+
+
+def _speaks_as_man_and_woman(e, source: str, man: str, woman: str, f0_between: float):
+    """A short sentence in two unblended Kokoro voices: deterministic, of a plausible length
+    and level, and the man's median F0 below `f0_between` < the woman's."""
+    male = _voice(source, f"{source}:{man}", {"blend": {man: 1.0}, "speed": 1.0})
+    female = _voice(source, f"{source}:{woman}", {"blend": {woman: 1.0}, "speed": 1.0})
     short = "Seven old boxes."
     a = e.render(male, Line("u", short, "", 0))
     assert np.array_equal(a, e.render(male, Line("u", short, "", 0)))
     assert 0.6 < len(a) / e.sample_rate < 3.0 and np.sqrt(np.mean(a**2)) > 0.01
     b = e.render(female, Line("u", short, "", 0))
     f_male, f_female = (_f0(soxr.resample(z, 24000, 16000), 16000) for z in (a, b))
-    assert f_male < 170 < f_female
+    assert f_male < f0_between < f_female
 
 
 @needs_recordings
@@ -288,15 +294,7 @@ def test_kokoro_js_adds_the_other_49_voices_and_speaks_them(engines):
     # the style table is the file's float32 values, read here independently
     raw = np.frombuffer(kokoro_js.voice_files()["am_adam"].read_bytes(), dtype="<f4")
     assert np.array_equal(e.styles["am_adam"].ravel(), raw) and raw.size == 510 * 256
-    male = _voice("kokoro_js", adam.id, {"blend": {"am_adam": 1.0}, "speed": 1.0})
-    female = _voice("kokoro_js", heart.id, {"blend": {"af_heart": 1.0}, "speed": 1.0})
-    short = "Seven old boxes."
-    a = e.render(male, Line("u", short, "", 0))
-    assert np.array_equal(a, e.render(male, Line("u", short, "", 0)))
-    assert 0.6 < len(a) / e.sample_rate < 3.0 and np.sqrt(np.mean(a**2)) > 0.01
-    b = e.render(female, Line("u", short, "", 0))
-    f_male, f_female = (_f0(soxr.resample(z, 24000, 16000), 16000) for z in (a, b))
-    assert f_male < 150 < f_female
+    _speaks_as_man_and_woman(e, "kokoro_js", "am_adam", "af_heart", f0_between=150)
 
 
 @needs_kokoro_js
