@@ -27,15 +27,15 @@ from tsmixit.data.manifest import Manifest
 TEXT = "Seven old farmers carried boxes."
 
 
-def _recordings_installed() -> bool:
+def _installed(source) -> bool:
     try:
-        recordings.check()
+        source.check()
     except VoiceSourceError:
         return False
     return True
 
 
-needs_recordings = pytest.mark.skipif(not _recordings_installed(),
+needs_recordings = pytest.mark.skipif(not _installed(recordings),
                                       reason="the Debian prompt packages are not installed")
 
 
@@ -233,15 +233,8 @@ def test_small_build_splits_by_base_voice_and_is_deterministic(tmp_path):
     assert a.read_text() == b.read_text()
 
 
-def _festival_installed() -> bool:
-    try:
-        get_source("festival").check()
-    except VoiceSourceError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _festival_installed(), reason="festival's voices are not installed")
+@pytest.mark.skipif(not _installed(get_source("festival")),
+                    reason="festival's voices are not installed")
 def test_festival_voices(engines):
     e = _engine(engines, "festival")
     dita = _voice("festival", "festival:dita", {"duration_stretch": 1.0})
@@ -270,15 +263,7 @@ def test_festival_packages_are_installed_by_make_voices_apt():
     assert len(festival.base_voices()) == len(festival.VOICES) == 11
 
 
-def _kokoro_js_installed() -> bool:
-    try:
-        kokoro_js.check()
-    except VoiceSourceError:
-        return False
-    return True
-
-
-needs_kokoro_js = pytest.mark.skipif(not _kokoro_js_installed(),
+needs_kokoro_js = pytest.mark.skipif(not _installed(kokoro_js),
                                      reason="kokoro-js voices not unpacked (make voices-npm)")
 
 
