@@ -63,10 +63,11 @@ def voices_digest(files: dict[str, Path]) -> str:
 
 def check() -> None:
     kokoro.check()
-    folder = package_dir() / "voices"
-    if not folder.is_dir():
-        raise VoiceSourceError(f"voice source 'kokoro_js': no Kokoro voices at {folder}; fix: "
-                               f"{_FIX}, or set TSMIXIT_KOKORO_JS to an unpacked package")
+    folder = package_dir()
+    if not (folder / "voices").is_dir() or not (folder / "package.json").is_file():
+        raise VoiceSourceError(f"voice source 'kokoro_js': no unpacked {PACKAGE} (voices/, "
+                               f"package.json) at {folder}; fix: {_FIX}, or set "
+                               "TSMIXIT_KOKORO_JS to an unpacked package")
 
 
 def base_voices() -> list[BaseVoice]:
