@@ -266,11 +266,8 @@ def _validate(c: CorpusConfig) -> None:
     check(0 < c.peak <= 1, "peak", "must lie in (0, 1]")
     check(c.workers >= 1, "workers", "must be >= 1")
     check(c.piper >= 0, "piper", "must be >= 0 voices")
-    check(all(n >= 0 for n in c.kokoro), "kokoro", "must be three voice counts >= 0")
-    check(all(n >= 0 for n in c.recordings), "recordings", "must be three voice counts >= 0")
-    check(all(n >= 0 for n in c.flite), "flite", "must be three voice counts >= 0")
-    check(all(n >= 0 for n in c.festival), "festival", "must be three voice counts >= 0")
-    check(all(n >= 0 for n in c.kokoro_js), "kokoro_js", "must be three voice counts >= 0")
+    for source in ("kokoro", "recordings", "flite", "festival", "kokoro_js"):
+        check(all(n >= 0 for n in getattr(c, source)), source, "must be three voice counts >= 0")
     check(0 <= c.augment <= 1, "augment", "must lie in [0, 1]")
     for k, split in enumerate(SPLITS):
         voices = c.speakers[k] + sum(n[k] for n in _realistic.counts(c).values())
