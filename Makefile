@@ -39,7 +39,7 @@ VOICE_DEBS := flite asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav \
 	asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav \
 	asterisk-prompt-it-menardi-wav festival festvox-ca-ona-hts festvox-czech-dita \
 	festvox-czech-krb festvox-czech-machac festvox-czech-ph festvox-itapc16k festvox-italp16k \
-	festvox-kdlpc16k festvox-ru festvox-suopuhe-lj festvox-suopuhe-mv
+	festvox-kdlpc16k festvox-ru festvox-suopuhe-lj festvox-suopuhe-mv klettres-data gcin-voice
 DEV_SET_DEBS := asterisk-prompt-es-co asterisk-prompt-fr-armelle
 
 voices-apt:

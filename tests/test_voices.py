@@ -19,6 +19,7 @@ from tsmixit.corpus.voices import (
     kokoro_js,
     realistic,
     recordings,
+    syllables,
     world,
 )
 from tsmixit.corpus.voices.synthesis import make_utterance
@@ -252,15 +253,66 @@ def test_festival_voices(engines):
     assert len(e.render(pc, question)) > 16000 // 2  # read as a statement, not an empty file
 
 
-def test_festival_packages_are_installed_by_make_voices_apt():
+def test_debian_voice_packages_are_installed_by_make_voices_apt():
     from pathlib import Path
 
     from tsmixit.corpus.voices import festival
 
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
     debs = makefile.split("VOICE_DEBS :=", 1)[1].split("DEV_SET_DEBS", 1)[0].split()
-    assert set(festival.PACKAGES) <= set(debs)
+    assert set(festival.PACKAGES) | set(syllables.PACKAGES) | set(recordings.ALL_PACKAGES) \
+        <= set(debs)
     assert len(festival.base_voices()) == len(festival.VOICES) == 11
+
+
+def test_join_prompts_by_hand():
+    """400-sample prompts of value k (file 2 unusable), 100-sample pauses, a 1000-sample target:
+    two prompts and one pause, in the generator's order after its one uniform draw."""
+    files = ["0", "1", "2", "3"]
+    load = {"0": np.full(400, 1.0), "1": np.full(400, 2.0), "2": None, "3": np.full(400, 4.0)}
+    x = recordings.join_prompts(files, load.get, np.random.default_rng(7), 1000,
+                                pause=(0.1, 0.1), seconds=(1.0, 1.0))
+    rng = np.random.default_rng(7)
+    rng.uniform()
+    order = [files[k] for k in rng.permutation(4) if files[k] != "2"][:2]
+    assert np.array_equal(x, np.concatenate([load[order[0]], np.zeros(100), load[order[1]]]))
+    with pytest.raises(VoiceSourceError, match="none of the 1 recordings"):
+        recordings.join_prompts(["2"], load.get, np.random.default_rng(0), 1000, (0.1, 0.1))
+
+
+needs_syllables = pytest.mark.skipif(not _installed(syllables),
+                                     reason="klettres-data / gcin-voice are not installed")
+
+
+@needs_syllables
+def test_syllables_are_23_people_each_with_their_own_files(engines):
+    bases = syllables.base_voices()
+    assert len(bases) == 23 == len({b.id for b in bases})
+    others = {b.id for name, m in SOURCES.items() if name != "syllables" for b in m.base_voices()}
+    assert not others & {b.id for b in bases}
+    owned = [f for v in syllables.VOICES for f in syllables.files_of(v)]
+    assert len(owned) == len(set(owned))  # no recording belongs to two voices
+    listed = [f for p in syllables.PACKAGES for f in recordings.listed_files(p, ".ogg")]
+    assert set(owned) == set(listed)  # and every recording of both packages to one
+    e = _engine(engines, "syllables")
+    liu = _voice("syllables", "syllables:gcin-liu", {})
+    a = e.render(liu, Line("u", None, "", 3))
+    assert e.sample_rate == 16000 and 2.5 <= len(a) / 16000 <= 6.0
+    assert np.array_equal(a, e.render(liu, Line("u", None, "", 3)))
+    assert not np.array_equal(a[:16000], e.render(liu, Line("u", None, "", 4))[:16000])
+    lo = e.render(_voice("syllables", "syllables:gcin-lo", {}), Line("u", None, "", 3))
+    assert _f0(a, 16000) < 165 < _f0(lo, 16000)  # the table's genders: Liu a man, Lo a woman
+
+
+def test_syllables_name_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(recordings, "DPKG_INFO", tmp_path)
+    with pytest.raises(VoiceSourceError, match="needs the Debian package klettres-data.*"
+                                                "apt-get install -y klettres-data gcin-voice"):
+        syllables.check()
+    (tmp_path / "klettres-data.list").write_text(str(tmp_path / "en.ogg"))
+    (tmp_path / "en.ogg").write_bytes(b"OggS not really")
+    with pytest.raises(VoiceSourceError, match="en.ogg: unreadable.*--reinstall"):
+        syllables._recording(str(tmp_path / "en.ogg"))
 
 
 needs_kokoro_js = pytest.mark.skipif(not _installed(kokoro_js),

@@ -96,7 +96,8 @@ class CorpusConfig:
     peak: float = 0.9
     workers: int = 2
     # realistic voices (voices/realistic.py): voices per split of each source (piper, kokoro,
-    # recordings, flite, festival, kokoro_js), splits by BASE voice; piper has one base voice
+    # recordings, flite, festival, kokoro_js, syllables), splits by BASE voice; piper has one
+    # base voice
     # (train only).
     # world: every voice but the first of each base gets a WORLD transform; augment: share of
     # their utterances sent through a random channel (augment.py). cache_dir: where slow
@@ -109,6 +110,7 @@ class CorpusConfig:
     flite: tuple[int, int, int] = (0, 0, 0)
     festival: tuple[int, int, int] = (0, 0, 0)
     kokoro_js: tuple[int, int, int] = (0, 0, 0)
+    syllables: tuple[int, int, int] = (0, 0, 0)
     world: bool = True
     augment: float = 0.0
     realistic_share: float = 0.0
@@ -133,7 +135,7 @@ class CorpusConfig:
 
 
 _LATER_FIELDS = ("piper", "kokoro", "recordings", "flite", "festival", "world", "augment",
-                 "realistic_share", "same_speaker", "kokoro_js")
+                 "realistic_share", "same_speaker", "kokoro_js", "syllables")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -251,7 +253,7 @@ def _validate(c: CorpusConfig) -> None:
     check(1 <= c.n_mics <= 8, "n_mics", "must lie in 1..8")
     check(0 <= c.realistic_share <= 1, "realistic_share", "must lie in [0, 1]")
     check(c.realistic_share == 0 or c.has_realistic_voices(), "realistic_share",
-          "needs realistic voices (piper, kokoro, recordings, flite, festival or kokoro_js)")
+          "needs realistic voices (" + ", ".join(_realistic.ORDER) + ")")
     check(0 <= c.same_speaker <= 1, "same_speaker", "must lie in [0, 1]")
     check(c.same_speaker == 0 or min(c.utterances) >= 2, "same_speaker",
           "needs utterances >= 2 per speaker (two different ones per same-speaker mixture)")
@@ -266,7 +268,7 @@ def _validate(c: CorpusConfig) -> None:
     check(0 < c.peak <= 1, "peak", "must lie in (0, 1]")
     check(c.workers >= 1, "workers", "must be >= 1")
     check(c.piper >= 0, "piper", "must be >= 0 voices")
-    for source in ("kokoro", "recordings", "flite", "festival", "kokoro_js"):
+    for source in _realistic.ORDER[1:]:
         check(all(n >= 0 for n in getattr(c, source)), source, "must be three voice counts >= 0")
     check(0 <= c.augment <= 1, "augment", "must lie in [0, 1]")
     for k, split in enumerate(SPLITS):

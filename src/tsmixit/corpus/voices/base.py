@@ -88,6 +88,7 @@ class VoiceSource(Protocol):
     name: str
     licence: str
     cached: bool  # worth caching (slow neural synthesis)
+    recorded: bool  # utterances joined from recordings (no text): recordings, syllables
 
     def check(self) -> None:
         """Raise VoiceSourceError naming the fix when the source is not installed."""

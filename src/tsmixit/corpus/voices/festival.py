@@ -35,6 +35,7 @@ from tsmixit.corpus.voices.base import (
 
 name = "festival"
 cached = False
+recorded = False
 VOICE_ROOT = Path("/usr/share/festival/voices")
 
 

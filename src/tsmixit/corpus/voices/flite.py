@@ -27,6 +27,7 @@ name = "flite"
 licence = ("CMU Flite 2.2 (Debian flite): CMU licence (free use and redistribution), some "
            "engine files GPL-2; voices awb, rms, slt from CMU ARCTIC (free licence)")
 cached = False
+recorded = False
 _VOICES = {"awb": ("m", "en-GB"), "rms": ("m", "en-US"), "slt": ("f", "en-US"),
            "kal16": ("m", "en-US")}
 _FIX = "apt-get install -y flite (or make voices-apt)"

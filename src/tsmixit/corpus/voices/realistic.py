@@ -36,14 +36,12 @@ SPLITS = ("train", "valid", "test")
 _PREFIX = {"train": "tr", "valid": "cv", "test": "tt"}
 _STAGE_BASES, _STAGE_VOICES, _STAGE_LINES = 21, 22, 23
 # append only: draws use the index
-ORDER = ("piper", "kokoro", "recordings", "flite", "festival", "kokoro_js")
+ORDER = ("piper", "kokoro", "recordings", "flite", "festival", "kokoro_js", "syllables")
 
 
 def counts(config: Any) -> dict[str, tuple[int, int, int]]:
     """Voices per split of each source with any."""
-    out = {"piper": (config.piper, 0, 0), "kokoro": tuple(config.kokoro),
-           "recordings": tuple(config.recordings), "flite": tuple(config.flite),
-           "festival": tuple(config.festival), "kokoro_js": tuple(config.kokoro_js)}
+    out = {"piper": (config.piper, 0, 0), **{k: tuple(getattr(config, k)) for k in ORDER[1:]}}
     return {k: v for k, v in out.items() if sum(v) > 0}
 
 
@@ -102,7 +100,7 @@ def lines_of(config: Any, seed: int, out_dir: Path, voice: Voice, index: tuple[i
     lines = []
     for j in range(n):
         uid = f"{voice.id}_{j:03d}"
-        text = None if voice.source == "recordings" else grammar.sentence(*config.words)
+        text = None if get_source(voice.source).recorded else grammar.sentence(*config.words)
         lines.append(Line(uid, text, str(out_dir / "utterances" / voice.id / f"{uid}.flac"),
                           int(rng.integers(2**31))))
     return lines

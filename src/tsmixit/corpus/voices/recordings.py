@@ -18,6 +18,7 @@ of one voice (each trimmed at -40 dB re. its peak) with 0.1-0.3 s pauses until i
 `voices-apt` target).
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ licence = ("Asterisk core sounds 1.6.1 (Digium; voices en_US/es_MX_f_Allison, fr
            "prompts: CC BY-SA 3.0 Italy (per the packages' copyright files); training audio "
            "only")
 cached = False
+recorded = True  # utterances are joined recordings, not sentences of the grammar
 SAMPLE_RATE = 8000
 DPKG_INFO = Path("/var/lib/dpkg/info")
 PACKAGES = {
@@ -94,6 +96,39 @@ def trim(x: np.ndarray, floor_db: float = -40.0, pad: int = 80) -> np.ndarray:
     return x[max(idx[0] - pad, 0): idx[-1] + pad] if len(idx) else x
 
 
+def join_prompts(files: list[str], load: Callable[[str], np.ndarray | None],
+                 rng: np.random.Generator, sample_rate: int, pause: tuple[float, float],
+                 seconds: tuple[float, float] = (3.0, 6.0)) -> np.ndarray:
+    """One utterance of a recorded voice: `load`ed prompts (None: skip that file) in random
+    order, joined by U(`pause`) s of silence until the utterance lasts U(`seconds`) s, cut at
+    the longest; float64 (T,)."""
+    target = rng.uniform(*seconds) * sample_rate
+    pieces, n = [], 0
+    for k in rng.permutation(len(files)):
+        x = load(files[k])
+        if x is None:
+            continue
+        pieces += [x, np.zeros(int(rng.uniform(*pause) * sample_rate))]
+        n += len(x) + len(pieces[-1])
+        if n >= target:
+            break
+    if not pieces:
+        raise VoiceSourceError(f"none of the {len(files)} recordings of this voice could be "
+                               f"used (first: {files[0] if files else 'none'})")
+    return np.concatenate(pieces[:-1])[: int(seconds[1] * sample_rate)]
+
+
+def _prompt(path: str) -> np.ndarray | None:
+    """A prompt's first channel, trimmed; None when not 8 kHz or shorter than 0.3 s."""
+    x, rate = sf.read(path, dtype="float64")
+    if x.ndim > 1:
+        x = x[:, 0]
+    if rate != SAMPLE_RATE or len(x) == 0:
+        return None
+    x = trim(x)
+    return x if len(x) >= 0.3 * SAMPLE_RATE else None
+
+
 class _Engine:
     sample_rate = SAMPLE_RATE
 
@@ -103,23 +138,8 @@ class _Engine:
 
     def render(self, voice: Voice, line: Line) -> np.ndarray:
         files = self.files[voice.base.split(":", 1)[1]]
-        rng = np.random.default_rng([line.seed, 5])
-        target = rng.uniform(3.0, 6.0) * SAMPLE_RATE
-        pieces, n = [], 0
-        for k in rng.permutation(len(files)):
-            x, rate = sf.read(files[k], dtype="float64")
-            if x.ndim > 1:
-                x = x[:, 0]
-            if rate != SAMPLE_RATE or len(x) == 0:
-                continue
-            x = trim(x)
-            if len(x) < 0.3 * SAMPLE_RATE:
-                continue
-            pieces += [x, np.zeros(int(rng.uniform(0.1, 0.3) * SAMPLE_RATE))]
-            n += len(x) + len(pieces[-1])
-            if n >= target:
-                break
-        return np.concatenate(pieces[:-1])[: int(6.0 * SAMPLE_RATE)]
+        return join_prompts(files, _prompt, np.random.default_rng([line.seed, 5]), SAMPLE_RATE,
+                            pause=(0.1, 0.3))
 
 
 def engine() -> _Engine:
