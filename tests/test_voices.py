@@ -304,6 +304,30 @@ def test_syllables_are_23_people_each_with_their_own_files(engines):
     assert _f0(a, 16000) < 165 < _f0(lo, 16000)  # the table's genders: Liu a man, Lo a woman
 
 
+@needs_syllables
+def test_a_corpus_of_syllable_readers_keeps_its_test_people_out_of_training(tmp_path):
+    kw = dict(speakers=(2, 2, 2), utterances=(1, 1), words=(3, 4), mixtures=(6, 2, 2),
+              syllables=(3, 1, 1), workers=1, cache_dir=str(tmp_path / "cache"))
+    manifest = build_corpus(tmp_path / "c", "tiny", seed=1, progress=False, **kw)
+    info = json.loads((manifest.parent / "speakers.json").read_text())
+    bases = {s: {v["base"] for v in group if v.get("source") == "syllables"}
+             for s, group in info.items()}
+    assert len(bases["train"]) == 3 and len(bases["valid"]) == len(bases["test"]) == 1
+    assert not bases["train"] & (bases["valid"] | bases["test"])
+    record = json.loads((manifest.parent / "sources.json").read_text())["syllables"]
+    assert "GPL-2+" in record["licence"] and record["base_voices"]["test"] == \
+        sorted(bases["test"])
+    files = sorted((manifest.parent / "utterances").rglob("*syllables*/*.flac"))
+    assert len(files) == 5 and all(2.5 <= sf_seconds(p) <= 6.0 for p in files)
+
+
+def sf_seconds(path) -> float:
+    import soundfile as sf
+
+    info = sf.info(str(path))
+    return info.frames / info.samplerate
+
+
 def test_syllables_name_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(recordings, "DPKG_INFO", tmp_path)
     with pytest.raises(VoiceSourceError, match="needs the Debian package klettres-data.*"
