@@ -9,6 +9,8 @@ Variants (8 kHz, 5,000 training mixtures each, the demo's mixing; voices: voices
              transforms on all but the first voice of each base
   all        espeak + realistic
   all-aug    all, half of the realistic utterances through a random channel (augment.py)
+  all-syllables  all + 40 voices of 21 real people reading letters and syllables
+             (voices/syllables.py; one more person each for valid and test)
 Model: Conv-TasNet "tiny" (2 outputs, mixture-consistent), supervised PIT on negative SI-SNR,
 Adam 1e-3, clip 5, batch 8 x 2 s, one CPU thread; evaluated after each of --steps.
 
@@ -16,7 +18,7 @@ Adam 1e-3, clip 5, batch 8 x 2 s, one CPU thread; evaluated after each of --step
         [--seeds 0] [--variants espeak realistic all all-aug] [--out runs/bench_real_voices]
 
 Corpora, checkpoints and scores are kept under --out: a rerun resumes and only prints.
-Needs the recordings' Debian packages for the realistic variants (voices/recordings.py).
+Needs the recordings' Debian packages for the realistic variants (make voices-apt).
 """
 
 import argparse
@@ -41,6 +43,7 @@ VARIANTS = {
     "realistic": dict(speakers=(0, 4, 4), **REALISTIC),
     "all": dict(**REALISTIC),
     "all-aug": dict(augment=0.5, **REALISTIC),
+    "all-syllables": dict(syllables=(40, 4, 4), **REALISTIC),
 }
 
 
