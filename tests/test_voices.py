@@ -290,7 +290,7 @@ def test_syllables_are_23_people_each_with_their_own_files(engines):
     assert len(bases) == 23 == len({b.id for b in bases})
     others = {b.id for name, m in SOURCES.items() if name != "syllables" for b in m.base_voices()}
     assert not others & {b.id for b in bases}
-    owned = [f for v in syllables.VOICES for f in syllables.files_of(v)]
+    owned = [f for files in syllables.files_by_voice().values() for f in files]
     assert len(owned) == len(set(owned))  # no recording belongs to two voices
     listed = [f for p in syllables.PACKAGES for f in recordings.listed_files(p, ".ogg")]
     assert set(owned) == set(listed)  # and every recording of both packages to one

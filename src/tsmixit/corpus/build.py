@@ -97,8 +97,7 @@ class CorpusConfig:
     workers: int = 2
     # realistic voices (voices/realistic.py): voices per split of each source (piper, kokoro,
     # recordings, flite, festival, kokoro_js, syllables), splits by BASE voice; piper has one
-    # base voice
-    # (train only).
+    # base voice (train only).
     # world: every voice but the first of each base gets a WORLD transform; augment: share of
     # their utterances sent through a random channel (augment.py). cache_dir: where slow
     # synthesis is cached ("" = the user cache, ~/.cache/tsmixit/voices); like workers, not

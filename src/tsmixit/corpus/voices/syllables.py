@@ -63,21 +63,30 @@ VOICES: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def files_of(voice: str) -> list[str]:
-    """The recordings of one base voice, from its package's dpkg file list."""
-    _, _, package, pattern = VOICES[voice]
-    files = listed_files(package, ".ogg")
-    if files is None:
-        raise VoiceSourceError(f"voice source 'syllables' needs the Debian package {package}, "
-                               f"which is not installed; fix: {_FIX}")
-    return [f for f in files if re.search(pattern, f)]
+def files_by_voice() -> dict[str, list[str]]:
+    """Every base voice's recordings, from the dpkg file lists (each package's read once)."""
+    listed = {}
+    for package in PACKAGES:
+        listed[package] = listed_files(package, ".ogg")
+        if listed[package] is None:
+            raise VoiceSourceError(f"voice source 'syllables' needs the Debian package "
+                                   f"{package}, which is not installed; fix: {_FIX}")
+    return {voice: [f for f in listed[package] if re.search(pattern, f)]
+            for voice, (_, _, package, pattern) in VOICES.items()}
+
+
+def _checked_files() -> dict[str, list[str]]:
+    files = files_by_voice()
+    for voice, found in files.items():
+        if not found:
+            package = VOICES[voice][2]
+            raise VoiceSourceError(f"the Debian package {package} lists no recordings of "
+                                   f"{voice}; fix: apt-get install --reinstall -y {package}")
+    return files
 
 
 def check() -> None:
-    for voice, (_, _, package, _) in VOICES.items():
-        if not files_of(voice):
-            raise VoiceSourceError(f"the Debian package {package} lists no recordings of "
-                                   f"{voice}; fix: apt-get install --reinstall -y {package}")
+    _checked_files()
 
 
 def base_voices() -> list[BaseVoice]:
@@ -111,8 +120,8 @@ def _recording(path: str, min_seconds: float = 0.15) -> np.ndarray | None:
 class _Engine:
     sample_rate = SAMPLE_RATE
 
-    def __init__(self) -> None:
-        self.files = {v: files_of(v) for v in VOICES}
+    def __init__(self, files: dict[str, list[str]]) -> None:
+        self.files = files  # base voice -> its recordings
 
     def render(self, voice: Voice, line: Line) -> np.ndarray:
         files = self.files[voice.base.split(":", 1)[1]]
@@ -121,5 +130,4 @@ class _Engine:
 
 
 def engine() -> _Engine:
-    check()
-    return _Engine()
+    return _Engine(_checked_files())
