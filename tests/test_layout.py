@@ -11,7 +11,7 @@ SRC = Path(tsmixit.__file__).parent
 
 #: Layers in flow order; a module belongs to the longest prefix listed.
 FLOW = [
-    ("errors", "files"),
+    ("errors", "files", "cpu_memory"),
     ("audio",),
     ("data.manifest", "data.render", "data.importers"),
     ("corpus",),

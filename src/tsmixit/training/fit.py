@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import Dataset
 
+from tsmixit.cpu_memory import keep_freed_memory
 from tsmixit.data.datasets import LabelledDataset
 from tsmixit.errors import TrainingError
 from tsmixit.models.registry import separator_class
@@ -173,7 +174,9 @@ class WeightEMA(EMAWeightAveraging):
 
 def trainer(config: RecipeConfig, folder: Path | None, budget: Budget | None,
             callbacks: list[Callback]) -> L.Trainer:
-    """A Trainer for a training stage (with budget and loggers) or for prediction."""
+    """A Trainer for a training stage (with budget and loggers) or for prediction; freed
+    host memory stays mapped from here on when TSMIXIT_MALLOC=keep (`keep_freed_memory`)."""
+    keep_freed_memory()
     t = config.train
     kwargs: dict[str, Any] = dict(logger=False, enable_checkpointing=False)
     if budget is not None:
