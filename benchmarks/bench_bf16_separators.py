@@ -10,7 +10,7 @@ against float32, same weights). `train.precision: auto` takes bf16 only for sepa
 declare a CPU bf16 path (`supports_cpu_bf16`); this script is the measurement that decides.
 
 Usage:
-    OMP_NUM_THREADS=1 python benchmarks/bench_bf16_separators.py \
+    [TSMIXIT_MALLOC=keep] OMP_NUM_THREADS=1 python benchmarks/bench_bf16_separators.py \
         [--archs conv_tasnet dprnn sudormrf tf_gridnet] [--presets small] [--batch 4] \
         [--steps 4] [--rounds 3]
 """
@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from tsmixit.cpu_memory import keep_freed_memory
 from tsmixit.losses import pit
 from tsmixit.models._cpu_kernels import bf16_training_available
 from tsmixit.models.registry import separator_class
@@ -70,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch "
           f"{args.batch} x {args.seconds} s; bf16 training available (tsmixit's check): "
-          f"{bf16_training_available()}")
+          f"{bf16_training_available()}; TSMIXIT_MALLOC=keep in effect: {keep_freed_memory()}")
     print(f"{'arch':<12} {'preset':<7} {'float32 s/step':>15} {'bf16 s/step':>12} "
           f"{'float32/bf16':>13} {'output diff':>12}")
     for arch in args.archs:
