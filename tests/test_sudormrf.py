@@ -4,6 +4,7 @@ test_separators.py)."""
 import pytest
 import torch
 
+from tsmixit.models.conv_tasnet import DepthwiseConv, PReLU
 from tsmixit.models.sudormrf import SuDoRMRF
 
 
@@ -62,3 +63,41 @@ def test_one_output_original_uses_a_sigmoid_mask():
         masks = model._masks(torch.randn(2, model.hparams["B"], 7))
     assert masks.shape == (2, 1, model.N, 7) and ((masks > 0) & (masks < 1)).all()
 
+
+
+def plain_torch_copy(model: SuDoRMRF) -> SuDoRMRF:
+    """The same model with torch's own PReLU and depthwise layers in place of the ones with
+    hand-written CPU backward passes (same parameters)."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        for name, child in list(module.named_children()):
+            if type(child) is PReLU:
+                layer = torch.nn.PReLU(child.weight.numel())
+            elif type(child) is DepthwiseConv:
+                H = child.in_channels
+                layer = torch.nn.Conv1d(H, H, 5, padding=2, groups=H)
+            else:
+                continue
+            layer = layer.to(child.weight.dtype)
+            layer.load_state_dict(child.state_dict())
+            setattr(module, name, layer)
+    return plain
+
+
+@pytest.mark.parametrize("variant", ["improved", "original"])
+def test_cpu_training_layers_give_torchs_gradients(variant):
+    torch.manual_seed(0)
+    model = SuDoRMRF.from_preset("tiny", variant=variant).double()
+    plain = plain_torch_copy(model)
+    assert not any(type(m) in (PReLU, DepthwiseConv) for m in plain.modules())
+    assert any(type(m) is DepthwiseConv for m in model.modules())
+    x, target = torch.randn(2, 1000, dtype=torch.float64), torch.randn(2, 2, 1000,
+                                                                       dtype=torch.float64)
+    grads = []
+    for m in (model, plain):
+        loss = ((m(x) - target) ** 2).mean()
+        grads.append(torch.autograd.grad(loss, list(m.parameters())))
+    for name, (got, want) in zip([n for n, _ in model.named_parameters()], zip(*grads)):
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-12), name

@@ -41,6 +41,11 @@ upsampling_depth = 5, i.e. Q = 4 downsamplings, as in their README's commands). 
 L - L // 2 zeros before the signal and at least as many after, up to a frame count T' that
 is a multiple of 2^Q (every downsampling halves exactly); the outputs are cropped to T.
 SuDoRM-RF has no published multi-microphone form: n_channels must be 1.
+
+Training on CPU, the one-slope PReLUs and each block's full-resolution depthwise convolution
+are Conv-TasNet's layers (``PReLU``, ``DepthwiseConv``), which take the hand-written backward
+passes of ``tsmixit.models._cpu_kernels``; the same parameters and values as the plain torch
+layers, and plain torch everywhere else (inference, export, GPU).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from torch import Tensor, nn
 
 from tsmixit.errors import ConfigError
 from tsmixit.models.consistency import mixture_consistency
+from tsmixit.models.conv_tasnet import DepthwiseConv, PReLU
 from tsmixit.models.inputs import as_channels, build_preset
 
 Variant = Literal["original", "improved"]
@@ -92,15 +98,15 @@ class UConvBlock(nn.Module):
         slopes_h = H if self.original else 1  # the original's PReLUs are per channel
         self.proj = nn.Conv1d(B, H, 1)
         self.proj_norm = _gln(H)
-        self.proj_act = nn.PReLU(slopes_h)
+        self.proj_act = PReLU(slopes_h)
         # Level 0 keeps the resolution; level q > 0 halves level q-1's.
         self.levels = nn.ModuleList(
-            nn.Conv1d(H, H, 5, stride=1 if q == 0 else 2, padding=2, groups=H)
-            for q in range(Q + 1)
+            [DepthwiseConv(H, 5, 1, causal=False)]  # = Conv1d(H, H, 5, padding=2, groups=H)
+            + [nn.Conv1d(H, H, 5, stride=2, padding=2, groups=H) for _ in range(Q)]
         )
         self.level_norms = nn.ModuleList(_gln(H) for _ in range(Q + 1))
         self.fuse_norm = _gln(H)
-        self.fuse_act = nn.PReLU(slopes_h)
+        self.fuse_act = PReLU(slopes_h)
         self.out = nn.Conv1d(H, B, 1)
         if self.original:
             self.out_norm = _gln(B)
@@ -191,7 +197,7 @@ class SuDoRMRF(nn.Module):
             self.mask_conv = nn.Conv2d(1, S, (N + 1, 1))
             self.decoder = nn.ConvTranspose1d(S * N, S, L, stride=self.hop, groups=S)
         else:
-            self.mask_act = nn.PReLU()
+            self.mask_act = PReLU()
             self.mask_conv1x1 = nn.Conv1d(B, S * N, 1)
             self.decoder = nn.ConvTranspose1d(S * N, S, L, stride=self.hop, bias=False)
 
