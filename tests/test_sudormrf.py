@@ -99,5 +99,6 @@ def test_cpu_training_layers_give_torchs_gradients(variant):
     for m in (model, plain):
         loss = ((m(x) - target) ** 2).mean()
         grads.append(torch.autograd.grad(loss, list(m.parameters())))
-    for name, (got, want) in zip([n for n, _ in model.named_parameters()], zip(*grads)):
+    names = [n for n, _ in model.named_parameters()]
+    for name, got, want in zip(names, *grads, strict=True):
         assert torch.allclose(got, want, rtol=1e-9, atol=1e-12), name
