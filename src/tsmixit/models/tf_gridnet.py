@@ -172,7 +172,7 @@ class HeadProjection(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         batch, K, n_freqs, _ = z.shape
         y = self.proj(z).view(batch, K, n_freqs, self.L, self.C).permute(0, 3, 1, 2, 4)
-        y = y.contiguous()  # one copy; the five elementwise passes below on strided heads cost 2-3x
+        y = y.contiguous()  # one copy: the elementwise passes below are slow on strided heads
         y = F.relu(y) + self.slope * (y - F.relu(y))  # PReLU, (batch, L, K, F, C)
         y = F.layer_norm(y, (self.n_freqs, self.C), eps=self.eps)  # static shape (ONNX)
         return y * self.weight + self.bias
