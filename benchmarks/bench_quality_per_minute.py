@@ -20,7 +20,8 @@ between steps; the loop here is the training step itself, so the figures compare
 separators and nothing else.
 
 Usage:
-    OMP_NUM_THREADS=1 python benchmarks/bench_quality_per_minute.py [--minutes 1 2 4 8]
+    [TSMIXIT_MALLOC=keep] OMP_NUM_THREADS=1 python benchmarks/bench_quality_per_minute.py
+        [--minutes 1 2 4 8]
         [--archs conv_tasnet dprnn] [--sizes tiny small] [--manifest M] [--out DIR] [--quick]
 Writes DIR/results.json and DIR/si_snri_vs_cpu_minutes.png (default runs/bench-quality).
 """
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from tsmixit.cpu_memory import keep_freed_memory
 from tsmixit.data.datasets import LabelledDataset
 from tsmixit.data.manifest import Manifest
 from tsmixit.losses import pit
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     train, valid = load_data(args)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "load_average_start": os.getloadavg()}
+               "load_average_start": os.getloadavg(), "malloc_keep": keep_freed_memory()}
     print(f"CPU-time budgets {args.minutes} min per run (process CPU time of the training "
           f"steps, 1 thread; wall time and other jobs do not count); {len(train)} training "
           f"mixtures, {len(valid['mixture'])} validation crops of {args.valid_seconds:g} s; "
