@@ -69,9 +69,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per side and round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    kept = keep_freed_memory()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch "
           f"{args.batch} x {args.seconds} s; bf16 training available (tsmixit's check): "
-          f"{bf16_training_available()}; TSMIXIT_MALLOC=keep in effect: {keep_freed_memory()}")
+          f"{bf16_training_available()}; TSMIXIT_MALLOC=keep in effect: {kept}")
     print(f"{'arch':<12} {'preset':<7} {'float32 s/step':>15} {'bf16 s/step':>12} "
           f"{'float32/bf16':>13} {'output diff':>12}")
     for arch in args.archs:

@@ -193,10 +193,11 @@ def plot(runs: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    kept = keep_freed_memory()
     train, valid = load_data(args)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "load_average_start": os.getloadavg(), "malloc_keep": keep_freed_memory()}
+               "load_average_start": os.getloadavg(), "malloc_keep": kept}
     print(f"CPU-time budgets {args.minutes} min per run (process CPU time of the training "
           f"steps, 1 thread; wall time and other jobs do not count); {len(train)} training "
           f"mixtures, {len(valid['mixture'])} validation crops of {args.valid_seconds:g} s; "

@@ -1,6 +1,8 @@
 """SuDoRM-RF and SuDoRM-RF++: the published sizes, the frame padding (toy training:
 test_separators.py)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -64,12 +66,9 @@ def test_one_output_original_uses_a_sigmoid_mask():
     assert masks.shape == (2, 1, model.N, 7) and ((masks > 0) & (masks < 1)).all()
 
 
-
 def plain_torch_copy(model: SuDoRMRF) -> SuDoRMRF:
     """The same model with torch's own PReLU and depthwise layers in place of the ones with
     hand-written CPU backward passes (same parameters)."""
-    import copy
-
     plain = copy.deepcopy(model)
     for module in plain.modules():
         for name, child in list(module.named_children()):
