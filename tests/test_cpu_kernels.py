@@ -344,46 +344,42 @@ def test_inference_path_only_without_gradients_and_not_when_tracing(monkeypatch)
         model.float()(x)
 
 
-def test_normalize_is_gln_without_gamma_and_beta():
-    y = torch.randn(2, 50, 6) * torch.tensor([[[1.0]], [[4.0]]]) + 2.0  # (batch, K, C)
-    got = ck._normalize(y, 1e-8)
-    yd = y.double()
-    mean = yd.mean(dim=(1, 2), keepdim=True)
-    var = (yd - mean).square().mean(dim=(1, 2), keepdim=True)
-    torch.testing.assert_close(got.double(), (yd - mean) / (var + 1e-8).sqrt(), rtol=1e-5,
-                               atol=1e-5)
+@pytest.mark.parametrize("frames, offset", [(1, 0.0), (37, 2.0), (8000, 3.0)])
+def test_gln_affine_is_the_group_norm(frames, offset):
+    """a y + c against torch's GroupNorm(1, C) in float64, two examples of other scales, the
+    second with a mean up to 6 deviations (E[y^2] - mu^2 cancels there); 8000 x 512 values is
+    where a float32 sum of squares would be 1e-4 off."""
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(1, 512, eps=1e-8)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(512) + 0.5)
+        norm.bias.copy_(torch.randn(512))
+        y = torch.randn(2, frames, 512) * torch.tensor([2.0, 0.5])[:, None, None] + offset
+        y = F.leaky_relu(y, 0.25)  # (batch, K, C)
+        scale, shift = ck._gln_affine(y, norm)
+        want = norm.double()(y.double().transpose(1, 2)).transpose(1, 2)  # (batch, K, C)
+    assert scale.shape == shift.shape == (2, 1, 512)
+    torch.testing.assert_close((y * scale + shift).double(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("P, dilation, causal", [(3, 1, False), (3, 4, False), (2, 2, False),
                                                  (4, 1, False), (3, 2, True)])
 @pytest.mark.parametrize("frames", [1, 3, 40])
 def test_depthwise_of_gln_equals_the_convolution_of_the_norm(P, dilation, causal, frames):
-    """Against the brute force: gamma u + beta formed, zero-padded, convolved by torch."""
+    """Against the brute force: a h + c formed, zero-padded, convolved by torch."""
     conv = DepthwiseConv(5, P, dilation, causal)
-    norm = torch.nn.GroupNorm(1, 5)
     with torch.no_grad():
-        norm.weight.copy_(torch.randn(5))
-        norm.bias.copy_(torch.randn(5))
         conv.bias.copy_(torch.randn(5))
-    u = torch.randn(2, frames, 5)  # (batch, K, H)
+    scale, shift = torch.randn(2, 1, 5), torch.randn(2, 1, 5)  # per example
+    h = torch.randn(2, frames, 5)  # (batch, K, H)
+    out = torch.full_like(h, float("nan"))  # every value must be written
     with torch.no_grad():
-        got = ck._depthwise_of_gln(u, conv, conv.pad, norm)
-        normed = (u * norm.weight + norm.bias).transpose(1, 2)  # (batch, H, K)
+        got = ck._depthwise_of_gln(h, out, conv, conv.pad, scale, shift)
+        normed = (h * scale + shift).transpose(1, 2)  # (batch, H, K)
         want = F.conv1d(F.pad(normed, conv.pad), conv.weight, conv.bias, dilation=dilation,
                         groups=5).transpose(1, 2)
+    assert got is out
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
-def test_fold_moves_gamma_and_beta_into_the_convolution():
-    conv, norm = torch.nn.Conv1d(6, 4, 1), torch.nn.GroupNorm(1, 6)
-    with torch.no_grad():
-        norm.weight.copy_(torch.randn(6))
-        norm.bias.copy_(torch.randn(6))
-        u = torch.randn(3, 6, 9)  # (batch, C_in, K)
-        weight, bias = ck._fold(conv, norm)
-        want = conv(u * norm.weight[:, None] + norm.bias[:, None])  # (batch, C_out, K)
-        got = torch.einsum("oi,bik->bok", weight, u) + bias[:, None]
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_encode_and_decode_frames_equal_the_convolutions():

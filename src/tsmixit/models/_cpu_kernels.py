@@ -460,12 +460,14 @@ def decode_overlap_add(masked: Tensor, weight: Tensor) -> Tensor:
 #
 # Without gradients on the CPU (``torch.no_grad`` or ``torch.inference_mode``: ``Separator``,
 # evaluation, export checks) Conv-TasNet with gLN runs the same layers in a time-major layout,
-# (batch, K, C), frames as rows: every 1x1 convolution is one matrix product y = x W^T; each
-# gLN is torch's group-norm kernel without its affine part, the per-channel gamma and beta
-# folded into the layer after it (W (gamma u + beta) + b = (W diag(gamma)) u + (W beta + b);
-# a depthwise convolution gets scaled taps, a constant and an edge correction); the biases of
-# the residual path are carried as one vector into the next block's first product instead of
-# being added to every frame; the residual and skip products accumulate into their streams;
+# (K, C) per example, frames as rows: every 1x1 convolution is one matrix product y = x W^T;
+# each gLN is only its statistics, gLN(y) = a y + c per channel with a = gamma / std and
+# c = beta - gamma mean / std folded into the layer after it (W (a y + c) + b =
+# (W diag(a)) y + (W c + b); a depthwise convolution gets scaled taps, a constant and an edge
+# correction), so no normalised copy is ever written; the biases of the residual and skip
+# paths are carried as one vector into the next block's first product instead of being added
+# to every frame; each block's residual and skip products are one product accumulating into
+# a stream that holds both side by side;
 # PReLU is an in-place leaky ReLU; the depthwise convolution is P shifted multiply-adds
 # (torch's depthwise kernel is about ten times slower on CPU); the encoder is one product of
 # framed samples and the decoder one product and a two-term overlap-add.
@@ -523,76 +525,67 @@ def bf16_inference(channels: int) -> bool:
     )
 
 
-def _normalize(y: Tensor, eps: float) -> Tensor:
-    """gLN without gamma and beta, u = (y - mean) / sqrt(var + eps), mean and variance over
-    all frames and channels of each example (torch's group-norm kernel, float32 statistics
-    whatever y's dtype). y: (batch, K, C) -> u, same shape and dtype."""
-    batch = y.shape[0]
-    one = torch.ones(1, device=y.device)  # float32: the mixed-type kernel for bfloat16 y
-    u, _, _ = torch.native_group_norm(
-        y.reshape(batch, 1, -1), one, torch.zeros_like(one), batch, 1, y[0].numel(), 1, eps
-    )
-    return u.view_as(y)
+def _gln_affine(y: Tensor, norm: torch.nn.GroupNorm) -> tuple[Tensor, Tensor]:
+    """gLN of each example as a per-channel affine map, gLN(y) = a y + c, with
+    a = gamma rstd, c = beta - gamma mu rstd, mu the mean of all of the example's values and
+    rstd = 1 / sqrt(var + eps). The statistics are two float32 passes over y and no normalised
+    copy is written: var = E[y^2] - mu^2, the squares summed per row and the rows in float64
+    (a float32 sum of squares over millions of values loses digits), so var's relative error
+    is about 1e-7 (1 + mu^2 / var), small for the activations of a PReLU.
 
-
-def _fold(conv: torch.nn.Conv1d, norm: torch.nn.GroupNorm) -> tuple[Tensor, Tensor]:
-    """A 1x1 convolution of gLN's output gamma u + beta as a product of u alone:
-    W (gamma u + beta) + b = (W diag(gamma)) u + (W beta + b).
-    conv.weight (C_out, C_in, 1) -> weight (C_out, C_in), bias (C_out,)."""
-    weight = conv.weight[..., 0]  # (C_out, C_in)
-    bias = weight @ norm.bias
-    if conv.bias is not None:
-        bias = bias + conv.bias
-    return weight * norm.weight, bias
-
-
-def _product(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """y = x W^T + b with operands in ``dtype`` (float32 or bfloat16 copies of the float32
-    weights). x: (batch, K, C_in), W: (C_out, C_in), b: (C_out,) -> (batch, K, C_out)."""
-    return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+    y: (batch, K, C), any floating dtype -> a (batch, 1, C), c (batch, 1, C) float32
+    """
+    count = y[0].numel()
+    mean = y.sum(dim=(1, 2), dtype=torch.float32).double() / count  # (batch,)
+    power = torch.linalg.vector_norm(y, dim=-1, dtype=torch.float32).double().square()
+    var = (power.sum(dim=1) / count - mean.square()).clamp_min(0.0)  # (batch,)
+    rstd = (var + norm.eps).rsqrt().float()[:, None, None]  # (batch, 1, 1)
+    scale = norm.weight * rstd  # (batch, 1, C)
+    return scale, norm.bias - scale * mean.float()[:, None, None]
 
 
 def _accumulate(stream: Tensor, u: Tensor, weight: Tensor) -> None:
-    """stream += u W^T in place: the float32 product adds into the stream itself, a
-    bfloat16 one is added to it. stream: (batch, K, C_out) float32, u: (batch, K, C_in)."""
+    """stream += u W^T in place, W per example: a float32 product adds into the stream
+    itself, a bfloat16 one is added to it. stream: (batch, K, C_out) float32 (a view of
+    columns is fine), u: (batch, K, C_in), W: (batch, C_out, C_in) float32."""
     if u.dtype == stream.dtype:
-        stream.view(-1, stream.shape[-1]).addmm_(u.reshape(-1, u.shape[-1]), weight.t())
+        stream.baddbmm_(u, weight.transpose(1, 2))
     else:
-        stream.add_(F.linear(u, weight.to(u.dtype)))
+        stream.add_(torch.bmm(u, weight.transpose(1, 2).to(u.dtype)))
 
 
-def _depthwise_of_gln(u: Tensor, conv: torch.nn.Conv1d, pad: tuple[int, int],
-                      norm: torch.nn.GroupNorm) -> Tensor:
-    """``DepthwiseConv`` (taps w_p, bias b, dilation d, zeros outside) of gLN's output
-    gamma u + beta without forming it: with s_p = p d - pad[0],
+def _depthwise_of_gln(h: Tensor, out: Tensor, conv: torch.nn.Conv1d, pad: tuple[int, int],
+                      scale: Tensor, shift: Tensor) -> Tensor:
+    """``DepthwiseConv`` (taps w_p, bias b, dilation d, zeros outside) of the gLN output
+    a h + c (``_gln_affine``) without forming it, written into ``out``: with
+    s_p = p d - pad[0],
 
-        y[k] = b + sum_p w_p (gamma u[k + s_p] + beta)        (taps with 0 <= k + s_p < K)
-             = (b + beta sum_p w_p) + sum_p (gamma w_p) u[k + s_p]
-               - beta sum_{p: k + s_p outside} w_p,
+        y[k] = b + sum_p w_p (a h[k + s_p] + c)        (taps with 0 <= k + s_p < K)
+             = (b + c sum_p w_p) + sum_p (a w_p) h[k + s_p] - c sum_{p: k + s_p outside} w_p,
 
     P shifted multiply-adds over the frames and a correction of the first and last frames,
-    in u's dtype.
+    in h's dtype.
 
-    u: (batch, K, H) time-major -> (batch, K, H)
+    h: (batch, K, H) time-major; out: like h; scale a, shift c: (batch, 1, H) -> out
     """
-    frames = u.shape[1]
-    taps = conv.weight[:, 0, :].t().contiguous()  # (P, H): contiguous rows, fast broadcasts
-    scaled = (norm.weight * taps).to(u.dtype)  # (P, H)
-    const = (conv.bias + norm.bias * taps.sum(dim=0)).to(u.dtype)  # (H,)
+    frames = h.shape[1]
+    taps = conv.weight[:, 0, :].t()  # (P, H)
+    scaled = (scale * taps[:, None, None, :]).to(h.dtype)  # (P, batch, 1, H)
+    const = (conv.bias + shift * taps.sum(dim=0)).to(h.dtype)  # (batch, 1, H)
     shifts = [p * conv.dilation[0] - pad[0] for p in range(taps.shape[0])]
     centre = shifts.index(0) if 0 in shifts else None
     if centre is None:
-        out = const.expand_as(u).contiguous()  # (batch, K, H)
+        out.copy_(const.expand_as(out))
     else:
-        out = torch.addcmul(const, u, scaled[centre])
+        torch.addcmul(const, h, scaled[centre], out=out)
     for p, s in enumerate(shifts):
         if p == centre:
             continue
         lo = min(frames, max(0, -s))  # frames k < lo read before the input
         hi = max(lo, min(frames, frames - s))  # frames k >= hi read after it
         if hi > lo:
-            out[:, lo:hi].addcmul_(u[:, lo + s : hi + s], scaled[p])
-        outside = (norm.bias * taps[p]).to(u.dtype)  # (H,)
+            out[:, lo:hi].addcmul_(h[:, lo + s : hi + s], scaled[p])
+        outside = (shift * taps[p]).to(h.dtype)  # (batch, 1, H)
         if lo > 0:
             out[:, :lo].sub_(outside)
         if hi < frames:
@@ -605,34 +598,55 @@ def mask_network_inference(net: torch.nn.Module, w: Tensor,
     """``tsmixit.models.conv_tasnet.MaskNetwork.forward`` (gLN) without gradients,
     time-major, products and activations in ``dtype`` (see the section's comment).
 
+    One float32 stream (batch, K, B + Sc) holds the residual stream x (columns :B) beside the
+    skip sum (columns B:), so that each block's residual and skip products are one product
+    into both; the constants of their biases and of the folded gLN shifts are kept apart as
+    ``carry`` (batch, 1, B + Sc), added to the stream only where needed: inside the next
+    block's first product, W (x + carry) + b = W x + (W carry + b), and once to the skip sum.
+
     w: (batch, K, N_in) float32 -> masks (batch, K, C, N) in ``dtype``
     """
-    weight, carry = _fold(net.bottleneck, net.in_norm)  # carry (B,): x + carry is the stream
-    x = _product(_normalize(w.to(dtype), net.in_norm.eps), weight, None, dtype).float()
-    skip = x.new_zeros(*x.shape[:2], net.mask_conv.in_channels)  # (batch, K, Sc)
-    skip_carry = x.new_zeros(skip.shape[-1])  # (Sc,): skip + skip_carry is the skip sum
-    for block in (b for blocks in net.repeats for b in blocks):
+    batch, frames, B = w.shape[0], w.shape[1], net.bottleneck.out_channels
+    stream = w.new_zeros(batch, frames, B + net.mask_conv.in_channels)  # (batch, K, B + Sc)
+    x, skip = stream[..., :B], stream[..., B:]
+    scale, shift = _gln_affine(w, net.in_norm)  # (batch, 1, N_in)
+    weight = net.bottleneck.weight[..., 0]  # (B, N_in)
+    _accumulate(x, w.to(dtype), weight * scale)  # (W diag(a)) w, per example
+    carry = torch.cat([shift @ weight.t() + net.bottleneck.bias, skip.new_zeros(batch, 1,
+                                                                               skip.shape[2])], 2)
+    blocks = [block for blocks in net.repeats for block in blocks]
+    h = w.new_empty(batch, frames, blocks[0].in_conv.out_channels, dtype=dtype)  # (batch, K, H)
+    y = torch.empty_like(h)  # (batch, K, H)
+    for block in blocks:
         w_in = block.in_conv.weight[..., 0]  # (H, B)
-        h = _product(x, w_in, w_in @ carry + block.in_conv.bias, dtype)  # (batch, K, H)
-        norm1, norm2 = block.act_norm1.norm, block.act_norm2.norm
-        u = _normalize(F.leaky_relu_(h, float(block.act_norm1.act.weight)), norm1.eps)
-        y = _depthwise_of_gln(u, block.depthwise, block.depthwise.pad, norm1)  # (batch, K, H)
-        u = _normalize(F.leaky_relu_(y, float(block.act_norm2.act.weight)), norm2.eps)
-        if block.res_conv is not None:
-            weight, bias = _fold(block.res_conv, norm2)
-            _accumulate(x, u, weight)  # (batch, K, B)
-            carry = carry + bias
-        weight, bias = _fold(block.skip_conv, norm2)
-        _accumulate(skip, u, weight)  # (batch, K, Sc)
-        skip_carry = skip_carry + bias
-    act = F.leaky_relu_(skip.add_(skip_carry), float(net.out_act.weight))  # (batch, K, Sc)
-    masks = _product(act, net.mask_conv.weight[..., 0], net.mask_conv.bias, dtype)
-    masks = masks.view(*masks.shape[:2], net.n_sources, net.N)  # (batch, K, C, N)
+        bias = (carry[..., :B] @ w_in.t() + block.in_conv.bias).to(dtype)  # (batch, 1, H)
+        torch.baddbmm(bias, x.to(dtype), w_in.t().to(dtype).expand(batch, -1, -1), out=h)
+        F.leaky_relu_(h, float(block.act_norm1.act.weight))
+        scale, shift = _gln_affine(h, block.act_norm1.norm)  # (batch, 1, H)
+        _depthwise_of_gln(h, y, block.depthwise, block.depthwise.pad, scale, shift)
+        F.leaky_relu_(y, float(block.act_norm2.act.weight))
+        scale, shift = _gln_affine(y, block.act_norm2.norm)  # (batch, 1, H)
+        convs = [block.skip_conv] if block.res_conv is None else [block.res_conv, block.skip_conv]
+        weight = torch.cat([conv.weight[..., 0] for conv in convs])  # (B + Sc or Sc, H)
+        columns = slice(B if block.res_conv is None else 0, None)
+        # W (a y + c) + b = (W diag(a)) y + (W c + b), W diag(a) per example
+        _accumulate(stream[..., columns], y, weight * scale)
+        carry[..., columns] += shift @ weight.t() + torch.cat([conv.bias for conv in convs])
+    act = F.leaky_relu_(skip.add_(carry[..., B:]), float(net.out_act.weight))  # (batch, K, Sc)
+    conv = net.mask_conv
+    masks = _product(act, conv.weight[..., 0], conv.bias, dtype)  # (batch, K, C N)
+    masks = masks.view(batch, frames, net.n_sources, net.N)  # (batch, K, C, N)
     if net.mask_activation == "relu":
         return masks.relu_()
     if net.mask_activation == "sigmoid":
         return masks.sigmoid_()
     return torch.softmax(masks, dim=2)
+
+
+def _product(x: Tensor, weight: Tensor, bias: Tensor, dtype: torch.dtype) -> Tensor:
+    """y = x W^T + b with operands in ``dtype`` (float32 or bfloat16 copies of the float32
+    weights). x: (batch, K, C_in), W: (C_out, C_in), b: (C_out,) -> (batch, K, C_out)."""
+    return F.linear(x.to(dtype), weight.to(dtype), bias.to(dtype))
 
 
 def encode_frames(x: Tensor, weight: Tensor, hop: int) -> Tensor:
