@@ -460,7 +460,7 @@ def decode_overlap_add(masked: Tensor, weight: Tensor) -> Tensor:
 #
 # Without gradients on the CPU (``torch.no_grad`` or ``torch.inference_mode``: ``Separator``,
 # evaluation, export checks) Conv-TasNet with gLN runs the same layers in a time-major layout,
-# (K, C) per example, frames as rows: every 1x1 convolution is one matrix product y = x W^T;
+# (batch, K, C), frames as rows: every 1x1 convolution is one matrix product y = x W^T;
 # each gLN is only its statistics, gLN(y) = a y + c per channel with a = gamma / std and
 # c = beta - gamma mean / std folded into the layer after it (W (a y + c) + b =
 # (W diag(a)) y + (W c + b); a depthwise convolution gets scaled taps, a constant and an edge
@@ -612,8 +612,7 @@ def mask_network_inference(net: torch.nn.Module, w: Tensor,
     scale, shift = _gln_affine(w, net.in_norm)  # (batch, 1, N_in)
     weight = net.bottleneck.weight[..., 0]  # (B, N_in)
     _accumulate(x, w.to(dtype), weight * scale)  # (W diag(a)) w, per example
-    carry = torch.cat([shift @ weight.t() + net.bottleneck.bias, skip.new_zeros(batch, 1,
-                                                                               skip.shape[2])], 2)
+    carry = F.pad(shift @ weight.t() + net.bottleneck.bias, (0, skip.shape[2]))  # (b, 1, B+Sc)
     blocks = [block for blocks in net.repeats for block in blocks]
     h = w.new_empty(batch, frames, blocks[0].in_conv.out_channels, dtype=dtype)  # (batch, K, H)
     y = torch.empty_like(h)  # (batch, K, H)
@@ -634,19 +633,13 @@ def mask_network_inference(net: torch.nn.Module, w: Tensor,
         carry[..., columns] += shift @ weight.t() + torch.cat([conv.bias for conv in convs])
     act = F.leaky_relu_(skip.add_(carry[..., B:]), float(net.out_act.weight))  # (batch, K, Sc)
     conv = net.mask_conv
-    masks = _product(act, conv.weight[..., 0], conv.bias, dtype)  # (batch, K, C N)
+    masks = F.linear(act.to(dtype), conv.weight[..., 0].to(dtype), conv.bias.to(dtype))
     masks = masks.view(batch, frames, net.n_sources, net.N)  # (batch, K, C, N)
     if net.mask_activation == "relu":
         return masks.relu_()
     if net.mask_activation == "sigmoid":
         return masks.sigmoid_()
     return torch.softmax(masks, dim=2)
-
-
-def _product(x: Tensor, weight: Tensor, bias: Tensor, dtype: torch.dtype) -> Tensor:
-    """y = x W^T + b with operands in ``dtype`` (float32 or bfloat16 copies of the float32
-    weights). x: (batch, K, C_in), W: (C_out, C_in), b: (C_out,) -> (batch, K, C_out)."""
-    return F.linear(x.to(dtype), weight.to(dtype), bias.to(dtype))
 
 
 def encode_frames(x: Tensor, weight: Tensor, hop: int) -> Tensor:
