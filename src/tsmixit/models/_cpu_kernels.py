@@ -569,8 +569,9 @@ def _depthwise_of_gln(h: Tensor, out: Tensor, conv: torch.nn.Conv1d, pad: tuple[
     h: (batch, K, H) time-major; out: like h; scale a, shift c: (batch, 1, H) -> out
     """
     frames = h.shape[1]
-    taps = conv.weight[:, 0, :].t()  # (P, H)
-    scaled = (scale * taps[:, None, None, :]).to(h.dtype)  # (P, batch, 1, H)
+    taps = conv.weight[:, 0, :].t().contiguous()  # (P, H)
+    # (P, batch, 1, H), rows contiguous: a strided broadcast operand halves addcmul's speed
+    scaled = (scale * taps[:, None, None, :]).to(h.dtype)
     const = (conv.bias + shift * taps.sum(dim=0)).to(h.dtype)  # (batch, 1, H)
     shifts = [p * conv.dilation[0] - pad[0] for p in range(taps.shape[0])]
     centre = shifts.index(0) if 0 in shifts else None
