@@ -24,7 +24,9 @@ def context(tmp_path_factory):
 
 def test_each_stage_is_steps_times_the_measured_step_plus_validation(context, monkeypatch):
     measured = {"teacher": (1.0, 0.25), "student": (0.5, 0.125)}  # (s/step, s per audio s)
+    scoring = {"teacher": 0.03, "student": 0.01}  # s per test mixture
     monkeypatch.setattr(estimate_module, "_measure", lambda ctx, kind, device: measured[kind])
+    monkeypatch.setattr(estimate_module, "_score_seconds", lambda ctx, kind: scoring[kind])
     stages = Plan(context.config).stages
     result = estimate_module.estimate(context, stages)
     valid_s = 3 * 1.0  # 3 validation mixtures of 1 s
@@ -39,8 +41,16 @@ def test_each_stage_is_steps_times_the_measured_step_plus_validation(context, mo
     for name, seconds in expected.items():
         assert result.stage_seconds[name] == pytest.approx(seconds), name
     assert set(result.stage_seconds) == {s.name for s in stages}
-    assert result.total_seconds == pytest.approx(sum(result.stage_seconds.values()))
-    assert "min on this machine" in result.describe()
+    # every system but the two labelling stages is scored on the test split
+    test = context.splits.test
+    test_s = sum(r["num_frames"] for r in test.rows) / context.splits.sample_rate
+    systems = [s.kind for s in stages if s.kind != "label"]
+    assert systems.count("teacher") == 1 and len(systems) >= 4
+    evaluation = sum(test_s * measured[kind][1] + len(test) * scoring[kind]
+                     for kind in ("teacher" if k == "teacher" else "student" for k in systems))
+    assert result.evaluation_seconds == pytest.approx(evaluation)
+    assert result.total_seconds == pytest.approx(sum(result.stage_seconds.values()) + evaluation)
+    assert f"{evaluation / 60:.1f} min of evaluation" in result.describe()
 
 
 def test_timing_draws_no_numbers_from_the_runs_generator(context):
@@ -50,6 +60,7 @@ def test_timing_draws_no_numbers_from_the_runs_generator(context):
     assert torch.equal(torch.get_rng_state(), state)
     assert set(result.step_seconds) == {"teacher", "student"}
     assert all(v > 0 for v in [*result.step_seconds.values(), *result.forward_seconds.values()])
+    assert result.evaluation_seconds > 0
 
 
 @pytest.mark.parametrize("load, cores, threads, crowded", [

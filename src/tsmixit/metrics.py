@@ -28,6 +28,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from tsmixit.audio import resample
 from tsmixit.errors import ModelFileError
 from tsmixit.losses import mixit_assignments, pit, reorder, si_snr
 
@@ -151,6 +152,33 @@ def best_pairing(scores: Tensor) -> Tensor:
     one-to-one pairing with the highest total."""
     rows, cols = linear_sum_assignment(scores.numpy(), maximize=True)
     return scores[torch.from_numpy(rows), torch.from_numpy(cols)]
+
+
+def quality_metrics() -> dict[str, Callable[[np.ndarray, np.ndarray, int], float]]:
+    """PESQ and STOI scorers (reference, estimate, rate) for the packages that are installed."""
+    scorers: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {}
+    try:
+        from pesq import pesq
+    except ImportError:
+        pass
+    else:
+
+        def pesq_score(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
+            rate = 8000 if sr < 16000 else 16000  # PESQ serves 8 kHz (nb) and 16 kHz (wb)
+            ref, est = resample(ref, sr, rate), resample(est, sr, rate)
+            try:
+                return float(pesq(rate, ref, est, "nb" if rate == 8000 else "wb"))
+            except RuntimeError:  # pesq.PesqError: no utterance found, or audio too short
+                return float("nan")
+
+        scorers["pesq_topk"] = pesq_score
+    try:
+        from pystoi import stoi
+    except ImportError:
+        pass
+    else:
+        scorers["stoi_topk"] = lambda ref, est, sr: float(stoi(ref, est, sr, extended=False))
+    return scorers
 
 
 def score_mixture(

@@ -17,22 +17,22 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 from tqdm import tqdm
 
-from tsmixit.audio import model_channels, resample
+from tsmixit.audio import model_channels
 from tsmixit.data.importers import open_test_set
 from tsmixit.data.manifest import Manifest
 from tsmixit.errors import ConfigError, ManifestError, ModelFileError
 from tsmixit.files import atomic_path, write_json_atomic
 from tsmixit.inference import Separator
-from tsmixit.metrics import score_mixture
+from tsmixit.metrics import quality_metrics, score_mixture
 from tsmixit.model_files import inference_device, load_model
 from tsmixit.training.checkpoints import load_separator
 from tsmixit.training.config import RecipeConfig
@@ -46,33 +46,6 @@ MEAN_KEYS = (
     "si_snr_oracle", "sdr_oracle", "si_snr_mixture", "sdr_mixture", "active_outputs",
     "pesq_topk", "stoi_topk",
 )  # fmt: skip
-
-
-def _quality_metrics() -> dict[str, Callable[[np.ndarray, np.ndarray, int], float]]:
-    """PESQ and STOI scorers (reference, estimate, rate) for the packages that are installed."""
-    scorers: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {}
-    try:
-        from pesq import pesq
-    except ImportError:
-        pass
-    else:
-
-        def pesq_score(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
-            rate = 8000 if sr < 16000 else 16000  # PESQ serves 8 kHz (nb) and 16 kHz (wb)
-            ref, est = resample(ref, sr, rate), resample(est, sr, rate)
-            try:
-                return float(pesq(rate, ref, est, "nb" if rate == 8000 else "wb"))
-            except RuntimeError:  # pesq.PesqError: no utterance found, or audio too short
-                return float("nan")
-
-        scorers["pesq_topk"] = pesq_score
-    try:
-        from pystoi import stoi
-    except ImportError:
-        pass
-    else:
-        scorers["stoi_topk"] = lambda ref, est, sr: float(stoi(ref, est, sr, extended=False))
-    return scorers
 
 
 def _length_batches(lengths: list[int], batch_size: int, max_padding: float) -> list[list[int]]:
@@ -139,7 +112,7 @@ def evaluate_separator(
         )
     sample_rate = rates.pop()
     device = next(module.parameters()).device
-    quality = _quality_metrics()
+    quality = quality_metrics()
     if examples < 0:
         raise ConfigError(f"examples must be >= 0 (test mixtures kept), got {examples}")
     kept = range(min(examples, len(manifest)) if example_dir is not None else 0)
@@ -148,38 +121,41 @@ def evaluate_separator(
     rows: dict[int, dict[str, Any]] = {}
     lengths = [int(row["num_frames"]) for row in manifest.rows]
     bar = tqdm(total=len(manifest), desc="evaluate", unit="mix", disable=not progress)
-    for batch in _length_batches(lengths, batch_size, max_padding):
-        examples = [manifest.load_example(i, allow_unlabelled=True,
-                                          reference_only=n_channels == 1) for i in batch]
-        mixtures = [mixture for mixture, _ in examples]  # each (C, T_i)
-        longest = max(lengths[i] for i in batch)
-        x = np.zeros((len(batch), n_channels, longest), np.float32)  # (B, C_model, T)
-        for b, (i, mix) in enumerate(zip(batch, mixtures, strict=True)):
-            # A 1-channel model's rows are read at mic 0 already (reference_only).
-            where = f"{manifest.name}: row {manifest.rows[i]['id']!r}"
-            fed, _ = model_channels(mix, n_channels, where)  # (C_model, T_i)
-            x[b, :, : mix.shape[1]] = fed
-        inputs = torch.from_numpy(x).to(device)  # (B, C_model, T)
-        if n_channels == 1:
-            inputs = inputs[:, 0]  # (B, T)
-        est = module(inputs).float().cpu()  # (B, M, T)
-        for b, i in enumerate(batch):
-            sources = examples[b][1]  # (S, T_i)
-            row_id = manifest.rows[i]["id"]
-            if sources.shape[0] != k:
-                raise ManifestError(
-                    f"{manifest.name}: row {row_id!r} has {sources.shape[0]} sources, "
-                    f"evaluation expects k={k}; set k to the number of speakers."
-                )
-            est_i = est[b, :, : lengths[i]]  # (M, T_i)
-            mix0 = torch.from_numpy(mixtures[b][0])  # (T_i,) reference microphone
-            ref = torch.from_numpy(sources)
-            row = score_mixture(est_i, ref, mix0, k, active_threshold_db, sample_rate, quality)
-            rows[i] = {"id": row_id, "num_frames": lengths[i], **row}
-            if i in example_paths:
-                _save_example(example_paths[i], row_id, mixtures[b][0], sources,
-                              est_i.numpy(), row, sample_rate)
-        bar.update(len(batch))
+    # The metrics' NumPy/SciPy linear algebra on one BLAS thread: OpenBLAS's idle threads
+    # spin between the mixtures and slowed torch's forward passes 2-3x on 2 cores.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for batch in _length_batches(lengths, batch_size, max_padding):
+            examples = [manifest.load_example(i, allow_unlabelled=True,
+                                              reference_only=n_channels == 1) for i in batch]
+            mixtures = [mixture for mixture, _ in examples]  # each (C, T_i)
+            longest = max(lengths[i] for i in batch)
+            x = np.zeros((len(batch), n_channels, longest), np.float32)  # (B, C_model, T)
+            for b, (i, mix) in enumerate(zip(batch, mixtures, strict=True)):
+                # A 1-channel model's rows are read at mic 0 already (reference_only).
+                where = f"{manifest.name}: row {manifest.rows[i]['id']!r}"
+                fed, _ = model_channels(mix, n_channels, where)  # (C_model, T_i)
+                x[b, :, : mix.shape[1]] = fed
+            inputs = torch.from_numpy(x).to(device)  # (B, C_model, T)
+            if n_channels == 1:
+                inputs = inputs[:, 0]  # (B, T)
+            est = module(inputs).float().cpu()  # (B, M, T)
+            for b, i in enumerate(batch):
+                sources = examples[b][1]  # (S, T_i)
+                row_id = manifest.rows[i]["id"]
+                if sources.shape[0] != k:
+                    raise ManifestError(
+                        f"{manifest.name}: row {row_id!r} has {sources.shape[0]} sources, "
+                        f"evaluation expects k={k}; set k to the number of speakers."
+                    )
+                est_i = est[b, :, : lengths[i]]  # (M, T_i)
+                mix0 = torch.from_numpy(mixtures[b][0])  # (T_i,) reference microphone
+                ref = torch.from_numpy(sources)
+                row = score_mixture(est_i, ref, mix0, k, active_threshold_db, sample_rate, quality)
+                rows[i] = {"id": row_id, "num_frames": lengths[i], **row}
+                if i in example_paths:
+                    _save_example(example_paths[i], row_id, mixtures[b][0], sources,
+                                  est_i.numpy(), row, sample_rate)
+            bar.update(len(batch))
     bar.close()
     per_mixture = [rows[i] for i in range(len(manifest))]
     mean = {

@@ -11,8 +11,12 @@ per stage still to run,
     labelling  = seconds of audio labelled x t_forward per second (the teacher)
     remixing   = steps x batch x segment seconds x t_forward per second (RemixIT's teacher,
                  Self-Remixing's shuffler), on top of training
+    evaluation = per system to run and per test set known before the run (eval.split and
+                 eval.extra_sets): seconds of audio x t_forward per second
+                 + mixtures x t_score (every metric of one mixture of the set's mean length)
 
-Evaluation and corpus building are left out. The numbers are the machine's own: on a slower
+Corpus building, the real-voice test set (built at evaluation) and the export are left out.
+The numbers are the machine's own: on a slower
 machine of the same kind the same budgets take longer, and the estimate says so up front.
 The timing draws no random numbers from the run's generators (it forks them).
 """
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from tsmixit.losses import mixit, pit
+from tsmixit.metrics import quality_metrics, score_mixture
 from tsmixit.models.registry import build_separator
 from tsmixit.training.fit import StageContext, model_hparams, precision
 from tsmixit.training.plan import Stage, label_mode
@@ -46,18 +51,22 @@ class Estimate:
     step_seconds: dict[str, float]
     forward_seconds: dict[str, float]
     stage_seconds: dict[str, float]
+    evaluation_seconds: float = 0.0
 
     @property
     def total_seconds(self) -> float:
-        return sum(self.stage_seconds.values())
+        return sum(self.stage_seconds.values()) + self.evaluation_seconds
 
     def describe(self) -> str:
         steps = ", ".join(f"{k} {v:.3f} s/step" for k, v in self.step_seconds.items())
         if not self.stage_seconds:
             return f"measured {steps}; no stage left to run"
+        stages = self.total_seconds - self.evaluation_seconds
         return (f"measured {steps}: the {len(self.stage_seconds)} stage(s) to run should take "
-                f"about {self.total_seconds / 60:.1f} min on this machine (training, "
-                "validation and labelling; evaluation not included)")
+                f"about {self.total_seconds / 60:.1f} min on this machine: "
+                f"{stages / 60:.1f} min of training, validation and labelling, "
+                f"{self.evaluation_seconds / 60:.1f} min of evaluation (the real-voice test "
+                "set and corpus building not included)")
 
 
 def crowded_threads(load: float | None = None, cores: int | None = None,
@@ -128,12 +137,27 @@ def _measure(ctx: StageContext, kind: str, device: torch.device) -> tuple[float,
     return step_s, _timed(forward, TIMED_STEPS)
 
 
+def _score_seconds(ctx: StageContext, kind: str) -> float:
+    """Seconds to score one mixture of the test split's mean length with every metric the
+    evaluation computes (``score_mixture``: SI-SNR, BSS-eval SDR, the oracle grouping, PESQ
+    and STOI where installed), for the outputs of a kind."""
+    m, k, sr = ctx.config.model, ctx.config.model.student_outputs, ctx.splits.sample_rate
+    n_out = m.teacher_outputs if kind == "teacher" else m.student_outputs
+    rows = ctx.splits.test.rows
+    frames = sum(r["num_frames"] for r in rows) // max(1, len(rows)) or sr
+    est, ref = torch.randn(n_out, frames), torch.randn(k, frames)  # (M, T), (k, T)
+    quality = quality_metrics()
+    return _timed(lambda: score_mixture(est, ref, ref.sum(dim=0), k,
+                                        ctx.config.eval.active_threshold_db, sr, quality), 1)
+
+
 def estimate(ctx: StageContext, stages: list[Stage]) -> Estimate:
     """Measure this machine and estimate the seconds of `stages` (those still to run)."""
     device = _device(ctx)
     kinds = {"teacher"} | {"student" for st in stages if st.kind not in MIXIT_KINDS}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         measured = {kind: _measure(ctx, kind, device) for kind in sorted(kinds)}
+        score_s = {kind: _score_seconds(ctx, kind) for kind in sorted(kinds)}
     step_s = {k: v[0] for k, v in measured.items()}
     forward_s = {k: v[1] for k, v in measured.items()}
     t, d, sr = ctx.config.train, ctx.config.data, ctx.splits.sample_rate
@@ -162,4 +186,10 @@ def estimate(ctx: StageContext, stages: list[Stage]) -> Estimate:
         remix = (forward_s["teacher"] * d.batch_size * d.segment_seconds
                  if stage.kind in REMIXING_KINDS else 0.0)
         out[stage.name] = steps * (step_s[kind] + remix) + validation
-    return Estimate(step_s, forward_s, out)
+    test_sets = [ctx.splits.test, *ctx.splits.extra_sets.values()]
+    scored = [("teacher" if st.kind in MIXIT_KINDS else "student") for st in stages
+              if st.kind != "label"]  # every system but the labelling stages is evaluated
+    evaluation = sum(
+        sum(r["num_frames"] for r in test.rows) / sr * forward_s[kind]
+        + len(test) * score_s[kind] for test in test_sets for kind in scored)
+    return Estimate(step_s, forward_s, out, evaluation)
