@@ -51,6 +51,9 @@ def test_each_stage_is_steps_times_the_measured_step_plus_validation(context, mo
     assert result.evaluation_seconds == pytest.approx(evaluation)
     assert result.total_seconds == pytest.approx(sum(result.stage_seconds.values()) + evaluation)
     assert f"{evaluation / 60:.1f} min of evaluation" in result.describe()
+    unscored = estimate_module.estimate(context, stages, evaluate=False)  # --stages without eval
+    assert unscored.evaluation_seconds == 0.0
+    assert unscored.total_seconds == pytest.approx(sum(result.stage_seconds.values()))
 
 
 def test_timing_draws_no_numbers_from_the_runs_generator(context):

@@ -117,7 +117,7 @@ def _run_one(config: RecipeConfig, stages: list[str] | None, run_dir: Path, fres
         fingerprints[stage.name] = fingerprint(stage, config, splits.key, fingerprints)
         done[stage.name] = read_summary(run_dir, stage.name, fingerprints[stage.name])
     to_run = [st for st in plan.stages if done[st.name] is None and plan.wanted(st.name)]
-    expected = estimate(ctx, to_run) if to_run and rank() == 0 else None
+    expected = estimate(ctx, to_run, plan.wanted("eval")) if to_run and rank() == 0 else None
     if expected is not None:
         log.info("[estimate] %s", expected.describe())
         if (crowded := crowded_threads()) is not None:

@@ -151,8 +151,9 @@ def _score_seconds(ctx: StageContext, kind: str) -> float:
                                         ctx.config.eval.active_threshold_db, sr, quality), 1)
 
 
-def estimate(ctx: StageContext, stages: list[Stage]) -> Estimate:
-    """Measure this machine and estimate the seconds of `stages` (those still to run)."""
+def estimate(ctx: StageContext, stages: list[Stage], evaluate: bool = True) -> Estimate:
+    """Measure this machine and estimate the seconds of `stages` (those still to run) and,
+    with `evaluate`, of scoring them on the test sets."""
     device = _device(ctx)
     kinds = {"teacher"} | {"student" for st in stages if st.kind not in MIXIT_KINDS}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -188,7 +189,7 @@ def estimate(ctx: StageContext, stages: list[Stage]) -> Estimate:
         out[stage.name] = steps * (step_s[kind] + remix) + validation
     test_sets = [ctx.splits.test, *ctx.splits.extra_sets.values()]
     scored = [("teacher" if st.kind in MIXIT_KINDS else "student") for st in stages
-              if st.kind != "label"]  # every system but the labelling stages is evaluated
+              if evaluate and st.kind != "label"]  # every system but the labelling stages
     evaluation = sum(
         sum(r["num_frames"] for r in test.rows) / sr * forward_s[kind]
         + len(test) * score_s[kind] for test in test_sets for kind in scored)
