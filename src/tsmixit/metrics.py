@@ -26,6 +26,7 @@ import fast_bss_eval
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from tsmixit.audio import resample
@@ -181,6 +182,10 @@ def quality_metrics() -> dict[str, Callable[[np.ndarray, np.ndarray, int], float
     return scorers
 
 
+# One BLAS thread for the NumPy/SciPy parts (BSS-eval's solves, STOI, PESQ's resampling):
+# between two calls OpenBLAS's idle threads spin, and torch's forward passes that run beside
+# them on the same cores (evaluation, a mixture at a time) went 2-3x slower on 2 cores.
+@threadpool_limits.wrap(limits=1, user_api="blas")
 def score_mixture(
     est: Tensor,
     ref: Tensor,

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 from torch import nn
 from tqdm import tqdm
 
@@ -121,41 +120,38 @@ def evaluate_separator(
     rows: dict[int, dict[str, Any]] = {}
     lengths = [int(row["num_frames"]) for row in manifest.rows]
     bar = tqdm(total=len(manifest), desc="evaluate", unit="mix", disable=not progress)
-    # The metrics' NumPy/SciPy linear algebra on one BLAS thread: OpenBLAS's idle threads
-    # spin between the mixtures and slowed torch's forward passes 2-3x on 2 cores.
-    with threadpool_limits(limits=1, user_api="blas"):
-        for batch in _length_batches(lengths, batch_size, max_padding):
-            examples = [manifest.load_example(i, allow_unlabelled=True,
-                                              reference_only=n_channels == 1) for i in batch]
-            mixtures = [mixture for mixture, _ in examples]  # each (C, T_i)
-            longest = max(lengths[i] for i in batch)
-            x = np.zeros((len(batch), n_channels, longest), np.float32)  # (B, C_model, T)
-            for b, (i, mix) in enumerate(zip(batch, mixtures, strict=True)):
-                # A 1-channel model's rows are read at mic 0 already (reference_only).
-                where = f"{manifest.name}: row {manifest.rows[i]['id']!r}"
-                fed, _ = model_channels(mix, n_channels, where)  # (C_model, T_i)
-                x[b, :, : mix.shape[1]] = fed
-            inputs = torch.from_numpy(x).to(device)  # (B, C_model, T)
-            if n_channels == 1:
-                inputs = inputs[:, 0]  # (B, T)
-            est = module(inputs).float().cpu()  # (B, M, T)
-            for b, i in enumerate(batch):
-                sources = examples[b][1]  # (S, T_i)
-                row_id = manifest.rows[i]["id"]
-                if sources.shape[0] != k:
-                    raise ManifestError(
-                        f"{manifest.name}: row {row_id!r} has {sources.shape[0]} sources, "
-                        f"evaluation expects k={k}; set k to the number of speakers."
-                    )
-                est_i = est[b, :, : lengths[i]]  # (M, T_i)
-                mix0 = torch.from_numpy(mixtures[b][0])  # (T_i,) reference microphone
-                ref = torch.from_numpy(sources)
-                row = score_mixture(est_i, ref, mix0, k, active_threshold_db, sample_rate, quality)
-                rows[i] = {"id": row_id, "num_frames": lengths[i], **row}
-                if i in example_paths:
-                    _save_example(example_paths[i], row_id, mixtures[b][0], sources,
-                                  est_i.numpy(), row, sample_rate)
-            bar.update(len(batch))
+    for batch in _length_batches(lengths, batch_size, max_padding):
+        examples = [manifest.load_example(i, allow_unlabelled=True,
+                                          reference_only=n_channels == 1) for i in batch]
+        mixtures = [mixture for mixture, _ in examples]  # each (C, T_i)
+        longest = max(lengths[i] for i in batch)
+        x = np.zeros((len(batch), n_channels, longest), np.float32)  # (B, C_model, T)
+        for b, (i, mix) in enumerate(zip(batch, mixtures, strict=True)):
+            # A 1-channel model's rows are read at mic 0 already (reference_only).
+            where = f"{manifest.name}: row {manifest.rows[i]['id']!r}"
+            fed, _ = model_channels(mix, n_channels, where)  # (C_model, T_i)
+            x[b, :, : mix.shape[1]] = fed
+        inputs = torch.from_numpy(x).to(device)  # (B, C_model, T)
+        if n_channels == 1:
+            inputs = inputs[:, 0]  # (B, T)
+        est = module(inputs).float().cpu()  # (B, M, T)
+        for b, i in enumerate(batch):
+            sources = examples[b][1]  # (S, T_i)
+            row_id = manifest.rows[i]["id"]
+            if sources.shape[0] != k:
+                raise ManifestError(
+                    f"{manifest.name}: row {row_id!r} has {sources.shape[0]} sources, "
+                    f"evaluation expects k={k}; set k to the number of speakers."
+                )
+            est_i = est[b, :, : lengths[i]]  # (M, T_i)
+            mix0 = torch.from_numpy(mixtures[b][0])  # (T_i,) reference microphone
+            ref = torch.from_numpy(sources)
+            row = score_mixture(est_i, ref, mix0, k, active_threshold_db, sample_rate, quality)
+            rows[i] = {"id": row_id, "num_frames": lengths[i], **row}
+            if i in example_paths:
+                _save_example(example_paths[i], row_id, mixtures[b][0], sources,
+                              est_i.numpy(), row, sample_rate)
+        bar.update(len(batch))
     bar.close()
     per_mixture = [rows[i] for i in range(len(manifest))]
     mean = {
