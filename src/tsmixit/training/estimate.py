@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tsmixit.data.manifest import Manifest
 from tsmixit.losses import mixit, pit
 from tsmixit.metrics import quality_metrics, score_mixture
 from tsmixit.models.registry import build_separator
@@ -61,12 +62,11 @@ class Estimate:
         steps = ", ".join(f"{k} {v:.3f} s/step" for k, v in self.step_seconds.items())
         if not self.stage_seconds:
             return f"measured {steps}; no stage left to run"
-        stages = self.total_seconds - self.evaluation_seconds
         return (f"measured {steps}: the {len(self.stage_seconds)} stage(s) to run should take "
                 f"about {self.total_seconds / 60:.1f} min on this machine: "
-                f"{stages / 60:.1f} min of training, validation and labelling, "
-                f"{self.evaluation_seconds / 60:.1f} min of evaluation (the real-voice test "
-                "set and corpus building not included)")
+                f"{sum(self.stage_seconds.values()) / 60:.1f} min of training, validation and "
+                f"labelling, {self.evaluation_seconds / 60:.1f} min of evaluation (the "
+                "real-voice test set, corpus building and the export not included)")
 
 
 def crowded_threads(load: float | None = None, cores: int | None = None,
@@ -151,19 +151,28 @@ def _score_seconds(ctx: StageContext, kind: str) -> float:
                                         ctx.config.eval.active_threshold_db, sr, quality), 1)
 
 
+def _timed_as(stage: Stage) -> str:
+    """The measured system kind a stage trains (or is scored) as: "teacher" or "student"."""
+    return "teacher" if stage.kind in MIXIT_KINDS else "student"
+
+
+def _audio_seconds(manifest: Manifest, sample_rate: int) -> float:
+    return sum(row["num_frames"] for row in manifest.rows) / sample_rate
+
+
 def estimate(ctx: StageContext, stages: list[Stage], evaluate: bool = True) -> Estimate:
     """Measure this machine and estimate the seconds of `stages` (those still to run) and,
     with `evaluate`, of scoring them on the test sets."""
     device = _device(ctx)
-    kinds = {"teacher"} | {"student" for st in stages if st.kind not in MIXIT_KINDS}
+    kinds = {"teacher"} | {_timed_as(st) for st in stages}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         measured = {kind: _measure(ctx, kind, device) for kind in sorted(kinds)}
         score_s = {kind: _score_seconds(ctx, kind) for kind in sorted(kinds)}
     step_s = {k: v[0] for k, v in measured.items()}
     forward_s = {k: v[1] for k, v in measured.items()}
     t, d, sr = ctx.config.train, ctx.config.data, ctx.splits.sample_rate
-    valid_audio = sum(r["num_frames"] for r in ctx.splits.valid_labelled.rows) / sr
-    label_audio = sum(r["num_frames"] for r in ctx.splits.unlabelled.rows) / sr
+    valid_audio = _audio_seconds(ctx.splits.valid_labelled, sr)
+    label_audio = _audio_seconds(ctx.splits.unlabelled, sr)
     out: dict[str, float] = {}
     for stage in stages:
         if stage.kind == "label":
@@ -174,7 +183,7 @@ def estimate(ctx: StageContext, stages: list[Stage], evaluate: bool = True) -> E
         if stage.budget is None:  # trains nothing (a pretrained model)
             out[stage.name] = 0.0
             continue
-        kind = "teacher" if stage.kind in MIXIT_KINDS else "student"
+        kind = _timed_as(stage)
         budget = ctx.budget(stage)
         if budget.max_steps is not None:
             steps = float(budget.max_steps)
@@ -188,9 +197,8 @@ def estimate(ctx: StageContext, stages: list[Stage], evaluate: bool = True) -> E
                  if stage.kind in REMIXING_KINDS else 0.0)
         out[stage.name] = steps * (step_s[kind] + remix) + validation
     test_sets = [ctx.splits.test, *ctx.splits.extra_sets.values()]
-    scored = [("teacher" if st.kind in MIXIT_KINDS else "student") for st in stages
+    scored = [_timed_as(st) for st in stages
               if evaluate and st.kind != "label"]  # every system but the labelling stages
-    evaluation = sum(
-        sum(r["num_frames"] for r in test.rows) / sr * forward_s[kind]
-        + len(test) * score_s[kind] for test in test_sets for kind in scored)
+    evaluation = sum(_audio_seconds(test, sr) * forward_s[kind] + len(test) * score_s[kind]
+                     for test in test_sets for kind in scored)
     return Estimate(step_s, forward_s, out, evaluation)
